@@ -1,0 +1,195 @@
+"""Sessions: one per project (its tests, in a process of its own), lint, shared, bench, results.
+
+Every session runs in the environment the README's install made (no per-session virtualenv),
+so torch is installed once. `nox` alone runs lint, shared and every project's tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+# In suggested study order, with what each builds (the README's table is made from this).
+PROJECTS = {
+    "mlp": "a NumPy multi-layer perceptron with hand-written backprop and optimizers",
+    "cnn": "convolution in NumPy, then LeNet-5, AlexNet and ResNet-18 in PyTorch",
+    "rnn": "vanilla RNN, LSTM and GRU in NumPy with backpropagation through time",
+    "transformer": "the encoder-decoder of Attention Is All You Need, translating to French",
+    "gpt2": "GPT-2: model, byte-level BPE, training from a laptop to torchrun, sampling",
+    "vae": "variational autoencoders: ELBO, reparameterisation, IWAE likelihoods",
+    "gan": "GANs from a NumPy GAN on 2-D data to DCGAN, WGAN-GP and spectral norm",
+    "diffusion": "DDPM and DDIM with a hand-built U-Net",
+    "stable_diffusion": "latent diffusion with a text encoder and cross-attention U-Net",
+    "detection": "sliding windows, a Faster R-CNN-like and a YOLO-style detector, mAP",
+}
+REQUIRED = ("model.py", "train.py", "inference.py", "README.md", "tests")
+EXISTING = [name for name in PROJECTS if (ROOT / name).is_dir()]
+RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+nox.options.sessions = ["lint", "shared", *EXISTING]
+nox.options.default_venv_backend = "none"
+nox.options.error_on_missing_interpreters = False
+
+
+def _pytest(session: nox.Session, where: Path, tests: str) -> None:
+    session.chdir(where)
+    # Each project has its own model.py: a fresh interpreter per project keeps them apart.
+    session.run(sys.executable, "-m", "pytest", "-q", tests, *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none")
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the repository."""
+    session.chdir(ROOT)
+    session.run(sys.executable, "-m", "ruff", "check", ".", external=True)
+    session.run(sys.executable, "-m", "ruff", "format", "--check", ".", external=True)
+
+
+@nox.session(venv_backend="none")
+def shared(session: nox.Session) -> None:
+    """The shared package's tests, run from the top level.
+
+    Not from inside shared/: there, shared/logging.py would shadow the standard library's.
+    """
+    _pytest(session, ROOT, "shared/tests")
+
+
+def _project_session(name: str):
+    def run_tests(session: nox.Session) -> None:
+        folder = ROOT / name
+        missing = [item for item in REQUIRED if not (folder / item).exists()]
+        if missing:
+            session.error(f"{name} lacks {', '.join(missing)}")
+        _pytest(session, folder, "tests")
+
+    run_tests.__doc__ = f"{name}'s tests, in {name}/ in a process of its own."
+    return run_tests
+
+
+for _name in EXISTING:
+    nox.session(name=_name, venv_backend="none")(_project_session(_name))
+
+
+def _selected(session: nox.Session) -> list[str]:
+    chosen = list(session.posargs) or EXISTING
+    unknown = [name for name in chosen if name not in EXISTING]
+    if unknown:
+        session.error(f"no such project: {', '.join(unknown)} (have: {', '.join(EXISTING)})")
+    return chosen
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Each project's bench.py, then one table of the ratios they report."""
+    rows = []
+    for name in _selected(session):
+        if not (ROOT / name / "bench.py").exists():
+            continue
+        out = subprocess.run(
+            [sys.executable, "bench.py"], cwd=ROOT / name, capture_output=True, text=True
+        )
+        print(out.stdout, end="")
+        if out.returncode != 0:
+            session.error(f"{name}/bench.py failed:\n{out.stderr}")
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        rows += [(name, key, value) for key, value in report["ratios"].items()]
+    print(f"\n{'project':<18}{'comparison':<48}{'ratio':>8}")
+    for name, key, value in rows:
+        print(f"{name:<18}{key:<48}{value:>8.2f}")
+
+
+def _format_row(name: str, r: dict | None) -> list[str]:
+    if r is None:
+        return [name, "-", "not measured yet", "-", "-"]
+    value = r["value"]
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    figures = ", ".join(f"[{Path(p).name}]({p})" for p in r["figures"]) or "-"
+    return [
+        f"[{name}]({name}/)",
+        r["task"],
+        f"{r['metric']} = {shown}",
+        f"{r['wall_time_s']:.0f} s",
+        figures,
+    ]
+
+
+def _results_table(results: dict, with_builds: bool) -> str:
+    """A Markdown table in study order; projects not measured yet show dashes."""
+    header = ["project", "default task", "headline result", "default run", "figures"]
+    if with_builds:
+        header.insert(1, "what it builds")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, builds in PROJECTS.items():
+        if name not in EXISTING and name not in results:
+            continue
+        cells = _format_row(name, results.get(name))
+        if with_builds:
+            cells.insert(1, builds)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict) -> None:
+    """results.json, RESULTS.md, and the table between the markers in README.md."""
+    (ROOT / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    (ROOT / "RESULTS.md").write_text(
+        "# Results\n\nWritten by `nox -s results`: the default `python train.py` of each "
+        "project, then `python inference.py` on its checkpoint. Do not edit by hand.\n\n"
+        + _results_table(results, with_builds=False)
+        + "\n"
+    )
+    readme = (ROOT / "README.md").read_text()
+    head, rest = readme.split(RESULTS_BEGIN, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    table = _results_table(results, with_builds=True)
+    (ROOT / "README.md").write_text(f"{head}{RESULTS_BEGIN}\n{table}\n{RESULTS_END}{tail}")
+
+
+@nox.session(venv_backend="none")
+def results(session: nox.Session) -> None:
+    """Default train.py then inference.py per project; writes RESULTS.md and results.json.
+
+    `nox -s results -- gpt2 cnn` runs a subset and keeps the other projects' earlier rows.
+    """
+    store = ROOT / "results.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg")
+    for name in _selected(session):
+        folder = ROOT / name
+        run_dir = folder / "runs" / "results"
+        session.log(f"{name}: python train.py --out runs/results, then python inference.py")
+        subprocess.run(
+            [sys.executable, "train.py", "--out", str(run_dir)], cwd=folder, env=env, check=True
+        )
+        # runs/results sits inside runs/, so runs/latest points at it: inference needs no flags.
+        subprocess.run([sys.executable, "inference.py"], cwd=folder, env=env, check=True)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        figures = sorted(
+            str(p.relative_to(ROOT))
+            for p in (folder / "figures").glob("*")
+            if p.suffix in (".png", ".gif")
+        )
+        results[name] = {
+            "task": metrics["task"],
+            "metric": metrics["metric"],
+            "value": metrics["value"],
+            "higher_is_better": metrics["higher_is_better"],
+            "wall_time_s": metrics["wall_time_s"],
+            "figures": figures[:3],
+            "measured_on": f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}",
+        }
+        write_results(results)
+
+
+@nox.session(name="results-table", venv_backend="none")
+def results_table(session: nox.Session) -> None:
+    """Rewrite RESULTS.md and README's table from results.json, without training."""
+    store = ROOT / "results.json"
+    write_results(json.loads(store.read_text()) if store.exists() else {})

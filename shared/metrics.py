@@ -1,0 +1,212 @@
+"""Judging generated images: a Frechet distance in a small classifier's features, and how
+confidently (and how accurately) that classifier recognises the samples.
+
+The "judge" is a small CNN trained once on the dataset's training split and cached in the data
+dir. It plays the part Inception plays in FID, at the scale of digits: the Frechet distance
+between Gaussians fitted to its features of generated and of real training images. The same
+distance between the real *test* images and the training images is the floor a perfect
+generator would reach with that many samples; report it beside every model's number.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from shared.checkpoint import load_checkpoint, save_checkpoint
+from shared.data import IMAGE_DATASETS, load_images, resolve_data_dir
+from shared.errors import CheckpointError, UserError
+
+JUDGE_SIZES = {"digits": 16, "mnist": 28, "fashion-mnist": 28}
+JUDGE_VERSION = 1
+
+
+def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    features = np.asarray(features, dtype=np.float64)
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ eigenvectors.T
+
+
+def frechet_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), the Frechet distance of Gaussians.
+
+    Tr((S1 S2)^1/2) = Tr((S1^1/2 S2 S1^1/2)^1/2), and the inner matrix is symmetric PSD, so an
+    eigendecomposition gives it exactly without a general matrix square root.
+    """
+    root1 = _psd_sqrt(sigma1)
+    inner = root1 @ sigma2 @ root1
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+def frechet_distance(features_a, features_b) -> float:
+    """Frechet distance between Gaussians fitted to two (N, D) feature sets."""
+    return frechet_from_stats(*_gaussian(features_a), *_gaussian(features_b))
+
+
+def _make_network(size: int, n_classes: int):
+    import torch.nn as nn
+
+    flat = 64 * (size // 4) * (size // 4)
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(flat, 128),
+        nn.ReLU(),
+        nn.Linear(128, 64),  # the 64 features the Frechet distance is measured in
+        nn.ReLU(),
+        nn.Linear(64, n_classes),
+    )
+
+
+class Judge:
+    """A trained digit (or garment) classifier that scores generated images."""
+
+    def __init__(self, dataset: str, network, train_stats, floor: float, device):
+        self.dataset = dataset
+        self.size = JUDGE_SIZES[dataset]
+        self.network = network.to(device).eval()
+        self.train_mu, self.train_sigma = train_stats
+        self.floor = floor
+        self.device = device
+        self.test_accuracy = float("nan")  # of the judge itself on the real test split
+
+    def _prepare(self, images):
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
+        x = x.detach().float()
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise UserError(f"the judge takes (N,1,H,W) grey images, got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
+        return x.clamp(0, 1)
+
+    def _run(self, images, upto: int | None, batch: int = 512) -> np.ndarray:
+        import torch
+
+        x = self._prepare(images)
+        layers = self.network if upto is None else self.network[:upto]
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x), batch):
+                out.append(layers(x[start : start + batch].to(self.device)).cpu())
+        return torch.cat(out).double().numpy()
+
+    def features(self, images) -> np.ndarray:
+        """(N, 64) penultimate-layer features."""
+        return self._run(images, upto=-1)
+
+    def probs(self, images) -> np.ndarray:
+        """(N, n_classes) class probabilities."""
+        logits = self._run(images, upto=None)
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def evaluate(self, samples, labels=None) -> dict:
+        """Frechet distance to the training images (and its floor), confidence, coverage."""
+        features = self.features(samples)
+        probs = self.probs(samples)
+        predicted = probs.argmax(axis=1)
+        histogram = np.bincount(predicted, minlength=probs.shape[1])
+        report = {
+            "frechet": frechet_from_stats(*_gaussian(features), self.train_mu, self.train_sigma),
+            "frechet_floor": self.floor,
+            "confidence": float(probs.max(axis=1).mean()),
+            "classes_covered": int((histogram > 0).sum()),
+            "class_histogram": histogram.tolist(),
+        }
+        if labels is not None:
+            labels = np.asarray(labels)
+            report["accuracy"] = float((predicted == labels).mean())
+        return report
+
+
+def _train_judge(dataset: str, data_dir, seed: int = 0):
+    """A few epochs of Adam on the training split; returns the network and its test accuracy."""
+    import torch
+    import torch.nn.functional as F
+
+    size = JUDGE_SIZES[dataset]
+    n_classes = len(IMAGE_DATASETS[dataset].classes)
+    x_train, y_train = load_images(dataset, "train", data_dir, size=size)
+    x_test, y_test = load_images(dataset, "test", data_dir, size=size)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    network = _make_network(size, n_classes)
+    optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
+    x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    epochs = 30 if dataset == "digits" else 2
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(64):
+            # Shifts of up to one pixel make the judge robust to imperfectly centred samples.
+            dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()
+            images = torch.roll(x[batch], shifts=(dy, dx), dims=(2, 3))
+            loss = F.cross_entropy(network(images), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    network.eval()
+    with torch.no_grad():
+        accuracy = (network(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean()
+    return network, float(accuracy), x_train, x_test
+
+
+def get_judge(dataset: str = "digits", data_dir: str | os.PathLike | None = None, device="cpu"):
+    """The judge for a dataset, trained on first use and cached in <data dir>/judges/."""
+    import torch
+
+    if dataset not in JUDGE_SIZES:
+        raise UserError(f"no judge for {dataset!r} (choose from {', '.join(JUDGE_SIZES)})")
+    path = judge_path(dataset, data_dir)
+    network = _make_network(JUDGE_SIZES[dataset], len(IMAGE_DATASETS[dataset].classes))
+    try:
+        cached = load_checkpoint(
+            path, required=("model", "train_mu", "train_sigma", "floor", "test_accuracy")
+        )
+        network.load_state_dict(cached["model"])
+        stats = (cached["train_mu"].numpy(), cached["train_sigma"].numpy())
+        judge = Judge(dataset, network, stats, float(cached["floor"]), torch.device(device))
+        judge.test_accuracy = float(cached["test_accuracy"])
+        return judge
+    except CheckpointError:
+        pass  # not trained yet (or an unreadable cache): train it now
+    network, accuracy, x_train, x_test = _train_judge(dataset, data_dir)
+    judge = Judge(dataset, network, (None, None), 0.0, torch.device(device))
+    judge.test_accuracy = accuracy
+    train_features = judge.features(x_train)
+    judge.train_mu, judge.train_sigma = _gaussian(train_features)
+    judge.floor = frechet_distance(judge.features(x_test), train_features)
+    save_checkpoint(
+        path,
+        {
+            "model": {k: v.cpu() for k, v in network.state_dict().items()},
+            "train_mu": torch.from_numpy(judge.train_mu),
+            "train_sigma": torch.from_numpy(judge.train_sigma),
+            "floor": judge.floor,
+            "test_accuracy": accuracy,
+        },
+    )
+    return judge
+
+
+def judge_path(dataset: str, data_dir=None) -> Path:
+    """Where get_judge caches the judge of a dataset."""
+    size = JUDGE_SIZES[dataset]
+    return resolve_data_dir(data_dir) / "judges" / f"{dataset}-{size}px-v{JUDGE_VERSION}.pt"

@@ -1,0 +1,145 @@
+"""Seeds, devices, threads, and the few lines that let any train.py run under `torchrun`.
+
+torch is imported inside the functions that need it, so NumPy projects can seed without it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shared.errors import UserError
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed python, numpy and (if it is loaded) torch; return a NumPy generator for explicit use."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def get_device(name: str = "auto"):
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r} asked for, but only {torch.cuda.device_count()} GPUs")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but MPS is not available here")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def set_threads(n: int) -> None:
+    """Use n intra-op threads in torch (n <= 0 keeps torch's default)."""
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+@dataclass
+class Distributed:
+    """Where this process sits in a `torchrun` job; a single process when `enabled` is False."""
+
+    enabled: bool
+    rank: int
+    local_rank: int
+    world_size: int
+    device: Any
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        """DistributedDataParallel around the model when distributed, else the model itself."""
+        if not self.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    @staticmethod
+    def unwrap(model):
+        return getattr(model, "module", model)
+
+    def sampler(self, dataset, shuffle: bool = True, seed: int = 0):
+        """A sampler giving each rank its own shard, or None when not distributed."""
+        if not self.enabled:
+            return None
+        from torch.utils.data.distributed import DistributedSampler
+
+        return DistributedSampler(
+            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=seed
+        )
+
+    def all_reduce_mean(self, value) -> float:
+        """The mean of a number (or scalar tensor) over all ranks."""
+        if not self.enabled:
+            return float(value)
+        import torch
+        import torch.distributed as torch_dist
+
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.device).clone()
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        return float(tensor) / self.world_size
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as torch_dist
+
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled:
+            import torch.distributed as torch_dist
+
+            torch_dist.destroy_process_group()
+
+
+def init_distributed(device_name: str = "auto") -> Distributed:
+    """Join the process group that `torchrun` describes in the environment, if any.
+
+    torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; NCCL is used on GPUs and gloo on the CPU.
+    Each GPU process takes the device of its local rank.
+    """
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed(False, 0, 0, 1, get_device(device_name))
+    import torch
+    import torch.distributed as torch_dist
+
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = int(os.environ["WORLD_SIZE"])
+    device = get_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch_dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return Distributed(True, rank, local_rank, world_size, device)

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import scipy.linalg
+
+from shared.data import load_images
+from shared.metrics import frechet_distance, get_judge, judge_path
+
+
+def _reference_frechet(a, b):
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_frechet_distance_matches_scipy_sqrtm_formula():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((400, 6))
+    b = rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6)) + 0.5
+    assert frechet_distance(a, b) == pytest.approx(_reference_frechet(a, b), rel=1e-8)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_shift_adds_its_square():
+    a = np.random.default_rng(1).standard_normal((500, 4))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(a, a + 2.0) == pytest.approx(4 * 4.0, rel=1e-8)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def judge(data_dir):
+    return get_judge("digits", data_dir=data_dir)
+
+
+def test_digit_judge_recognises_real_test_digits_and_reports_the_floor(judge):
+    x, y = load_images("digits", "test", size=16)
+    report = judge.evaluate(x, y)
+    assert report["accuracy"] > 0.9 and judge.test_accuracy > 0.9
+    assert report["classes_covered"] == 10
+    assert report["frechet"] == pytest.approx(report["frechet_floor"])
+
+
+def test_noise_is_far_from_the_floor_and_unconfident(judge):
+    noise = np.random.default_rng(0).random((359, 1, 8, 8)).astype(np.float32)
+    report = judge.evaluate(noise)
+    assert report["frechet"] > 5 * report["frechet_floor"]
+    assert report["confidence"] < 0.9
+
+
+def test_judge_is_cached_and_reloaded_with_the_same_answers(judge, data_dir):
+    assert judge_path("digits", data_dir).exists()
+    reloaded = get_judge("digits", data_dir=data_dir)
+    x, _ = load_images("digits", "test", size=16)
+    np.testing.assert_allclose(reloaded.probs(x[:20]), judge.probs(x[:20]), atol=1e-6)
