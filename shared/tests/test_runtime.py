@@ -38,3 +38,47 @@ def test_without_torchrun_distributed_is_a_single_main_process(monkeypatch):
     assert dist.wrap(model) is model and dist.unwrap(model) is model
     assert dist.sampler(list(range(4))) is None
     assert dist.all_reduce_mean(3.0) == 3.0
+
+
+def _distributed_worker(rank, world_size, port, results):
+    import os
+
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    dist = init_distributed("cpu")
+    torch.manual_seed(0)
+    model = dist.wrap(torch.nn.Linear(3, 1, bias=False))
+    data = torch.arange(12.0).reshape(4, 3)
+    shard = list(iter(dist.sampler(list(range(4)), shuffle=False)))
+    loss = model(data[shard]).pow(2).mean()
+    loss.backward()  # DDP averages the gradients of the two shards
+    results[rank] = (
+        dist.all_reduce_mean(float(rank)),
+        dist.unwrap(model).weight.grad.clone(),
+        dist.is_main,
+    )
+    dist.close()
+
+
+def test_two_gloo_processes_average_gradients_like_one_process_on_the_whole_batch():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_distributed_worker, args=(2, port, results), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single = torch.nn.Linear(3, 1, bias=False)
+    single(torch.arange(12.0).reshape(4, 3)).pow(2).mean().backward()
+    for rank in (0, 1):
+        mean_rank, grad, is_main = results[rank]
+        assert mean_rank == 0.5 and is_main == (rank == 0)
+        torch.testing.assert_close(grad, single.weight.grad)
