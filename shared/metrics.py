@@ -152,7 +152,7 @@ def _train_judge(dataset: str, data_dir, seed: int = 0):
     network = _make_network(size, n_classes)
     optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
     x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    epochs = 30 if dataset == "digits" else 2
+    epochs = 20 if dataset == "digits" else 2
     for _ in range(epochs):
         for batch in torch.randperm(len(x), generator=generator).split(64):
             # Shifts of up to one pixel make the judge robust to imperfectly centred samples.
