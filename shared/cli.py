@@ -137,7 +137,8 @@ def build_parser(config_cls: type, description: str | None = None) -> argparse.A
             )
             parser.set_defaults(**{field.name: default})
             continue
-        help_text += f" (default: {shown!r})" if shown in ("", None) else f" (default: {shown})"
+        if "(default" not in help_text:  # a help text may explain its default itself
+            help_text += f" (default: {shown!r})" if shown in ("", None) else f" (default: {shown})"
         choices = meta.get("choices")
         if choices:
             help_text += " {" + ",".join(map(str, choices)) + "}"
