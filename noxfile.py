@@ -78,7 +78,7 @@ for _name in EXISTING:
 
 
 def _selected(session: nox.Session) -> list[str]:
-    chosen = list(session.posargs) or EXISTING
+    chosen = [arg for arg in session.posargs if not arg.startswith("--")] or EXISTING
     unknown = [name for name in chosen if name not in EXISTING]
     if unknown:
         session.error(f"no such project: {', '.join(unknown)} (have: {', '.join(EXISTING)})")
@@ -152,23 +152,51 @@ def write_results(results: dict) -> None:
     (ROOT / "README.md").write_text(f"{head}{RESULTS_BEGIN}\n{table}\n{RESULTS_END}{tail}")
 
 
+# Flags that say where or how a run went, not what it computed.
+NOT_CONFIG = {"out", "data_dir", "device", "threads", "resume"}
+
+
+def _default_config(folder: Path) -> dict:
+    code = (
+        "import dataclasses, json, train;print(json.dumps(dataclasses.asdict(train.TrainConfig())))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
 @nox.session(venv_backend="none")
 def results(session: nox.Session) -> None:
     """Default train.py then inference.py per project; writes RESULTS.md and results.json.
 
     `nox -s results -- gpt2 cnn` runs a subset and keeps the other projects' earlier rows.
+    `nox -s results -- --collect gpt2` trains nothing: it takes the project's runs/latest,
+    after checking that its config.json is the default one, and runs inference.py on it.
     """
     store = ROOT / "results.json"
     results = json.loads(store.read_text()) if store.exists() else {}
+    collect = "--collect" in session.posargs
     env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg")
     for name in _selected(session):
         folder = ROOT / name
-        run_dir = folder / "runs" / "results"
-        session.log(f"{name}: python train.py --out runs/results, then python inference.py")
-        subprocess.run(
-            [sys.executable, "train.py", "--out", str(run_dir)], cwd=folder, env=env, check=True
-        )
-        # runs/results sits inside runs/, so runs/latest points at it: inference needs no flags.
+        if collect:
+            run_dir = (folder / "runs" / "latest").resolve()
+            used = json.loads((run_dir / "config.json").read_text())
+            default = _default_config(folder)
+            changed = sorted(
+                k for k in default if k not in NOT_CONFIG and used.get(k) != default[k]
+            )
+            if changed:
+                session.error(
+                    f"{name}: {run_dir} is not a default run ({', '.join(changed)} differ)"
+                )
+            session.log(f"{name}: collecting {run_dir}, then python inference.py")
+        else:
+            run_dir = folder / "runs" / "results"
+            session.log(f"{name}: python train.py --out runs/results, then python inference.py")
+            subprocess.run(
+                [sys.executable, "train.py", "--out", str(run_dir)], cwd=folder, env=env, check=True
+            )
+        # runs/latest points at the run (runs/results sits inside runs/): no flags needed.
         subprocess.run([sys.executable, "inference.py"], cwd=folder, env=env, check=True)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         figures = sorted(
