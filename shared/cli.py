@@ -118,6 +118,14 @@ def _field_kind(tp: Any) -> tuple[str, Any]:
     return "scalar", tp
 
 
+def _flag_name(field: dataclasses.Field) -> str:
+    """`batch_size` -> `--batch-size`; a trailing underscore allows a keyword (`class_` ->
+    `--class`); a positional argument is named by its metavar (`VALUES`)."""
+    if field.metadata.get("positional"):
+        return field.name.upper()
+    return "--" + field.name.rstrip("_").replace("_", "-")
+
+
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(config_cls)
@@ -127,10 +135,12 @@ def build_parser(config_cls: type, description: str | None = None) -> argparse.A
         if field.default_factory is not dataclasses.MISSING:
             default = field.default_factory()
         kind, elem = _field_kind(hints[field.name])
-        flag = "--" + field.name.replace("_", "-")
+        flag = _flag_name(field)
         shown = " ".join(map(str, default)) if kind == "sequence" else default
         help_text = meta.get("help", "")
         if kind == "bool":
+            off = f"--no-{flag[2:]}"
+            help_text += f" (default: on; {off} turns it off)" if default else " (default: off)"
             parser.add_argument(flag, dest=field.name, action="store_true", help=help_text)
             parser.add_argument(
                 "--no-" + flag[2:], dest=field.name, action="store_false", help=argparse.SUPPRESS
@@ -158,7 +168,7 @@ def _check_values(config_cls: type, cfg: Any) -> None:
     """Choices and ranges of every field; raises UserError naming the flag."""
     for field in dataclasses.fields(config_cls):
         meta = field.metadata
-        flag = field.name if meta.get("positional") else "--" + field.name.replace("_", "-")
+        flag = _flag_name(field)
         value = getattr(cfg, field.name)
         values = value if isinstance(value, (list, tuple)) else [value]
         for v in values:

@@ -25,14 +25,20 @@ from shared.errors import DataError, UserError
 DATA_ENV = "DLFS_DATA_DIR"
 
 
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/dlfs (default ~/.cache/dlfs): the default data dir, and where derived
+    files (trained judges) are kept, so that a shared, read-only data dir is never written."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "dlfs"
+
+
 def resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """--data-dir, else $DLFS_DATA_DIR, else $XDG_CACHE_HOME/dlfs (default ~/.cache/dlfs)."""
+    """--data-dir, else $DLFS_DATA_DIR, else the user cache dir (~/.cache/dlfs)."""
     if explicit:
         return Path(explicit).expanduser()
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache).expanduser() / "dlfs"
+    return user_cache_dir()
 
 
 def download(url: str, dest: str | os.PathLike, what: str, timeout: float = 30.0) -> Path:

@@ -1,11 +1,12 @@
 """Judging generated images: a Frechet distance in a small classifier's features, and how
 confidently (and how accurately) that classifier recognises the samples.
 
-The "judge" is a small CNN trained once on the dataset's training split and cached in the data
-dir. It plays the part Inception plays in FID, at the scale of digits: the Frechet distance
-between Gaussians fitted to its features of generated and of real training images. The same
-distance between the real *test* images and the training images is the floor a perfect
-generator would reach with that many samples; report it beside every model's number.
+The "judge" is a small CNN trained once on the dataset's training split and cached in the user
+cache dir (~/.cache/dlfs/judges), never in the data dir, which may be shared and read-only. It
+plays the part Inception plays in FID, at the scale of digits: the Frechet distance between
+Gaussians fitted to its features of generated and of real training images. The same distance
+between the real *test* images and the training images is the floor a perfect generator would
+reach with that many samples; report it beside every model's number.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.data import IMAGE_DATASETS, load_images, resolve_data_dir
+from shared.data import IMAGE_DATASETS, load_images, user_cache_dir
 from shared.errors import CheckpointError, UserError
 
 JUDGE_SIZES = {"digits": 16, "mnist": 28, "fashion-mnist": 28}
@@ -169,12 +170,13 @@ def _train_judge(dataset: str, data_dir, seed: int = 0):
 
 
 def get_judge(dataset: str = "digits", data_dir: str | os.PathLike | None = None, device="cpu"):
-    """The judge for a dataset, trained on first use and cached in <data dir>/judges/."""
+    """The judge for a dataset, trained on first use from the data dir's copy of it and cached
+    in ~/.cache/dlfs/judges/ (a cache that cannot be written only costs retraining next time)."""
     import torch
 
     if dataset not in JUDGE_SIZES:
         raise UserError(f"no judge for {dataset!r} (choose from {', '.join(JUDGE_SIZES)})")
-    path = judge_path(dataset, data_dir)
+    path = judge_path(dataset)
     network = _make_network(JUDGE_SIZES[dataset], len(IMAGE_DATASETS[dataset].classes))
     try:
         cached = load_checkpoint(
@@ -193,20 +195,21 @@ def get_judge(dataset: str = "digits", data_dir: str | os.PathLike | None = None
     train_features = judge.features(x_train)
     judge.train_mu, judge.train_sigma = _gaussian(train_features)
     judge.floor = frechet_distance(judge.features(x_test), train_features)
-    save_checkpoint(
-        path,
-        {
-            "model": {k: v.cpu() for k, v in network.state_dict().items()},
-            "train_mu": torch.from_numpy(judge.train_mu),
-            "train_sigma": torch.from_numpy(judge.train_sigma),
-            "floor": judge.floor,
-            "test_accuracy": accuracy,
-        },
-    )
+    cached = {
+        "model": {k: v.cpu() for k, v in network.state_dict().items()},
+        "train_mu": torch.from_numpy(judge.train_mu),
+        "train_sigma": torch.from_numpy(judge.train_sigma),
+        "floor": judge.floor,
+        "test_accuracy": accuracy,
+    }
+    try:
+        save_checkpoint(path, cached)
+    except OSError:
+        pass  # a read-only home: the judge still works, it is just trained again next time
     return judge
 
 
-def judge_path(dataset: str, data_dir=None) -> Path:
+def judge_path(dataset: str) -> Path:
     """Where get_judge caches the judge of a dataset."""
     size = JUDGE_SIZES[dataset]
-    return resolve_data_dir(data_dir) / "judges" / f"{dataset}-{size}px-v{JUDGE_VERSION}.pt"
+    return user_cache_dir() / "judges" / f"{dataset}-{size}px-v{JUDGE_VERSION}.pt"

@@ -95,7 +95,9 @@ def save_image_grid(
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            img = x[i] if x.ndim == 3 else x[i].transpose(1, 2, 0).squeeze(-1)
+            img = x[i] if x.ndim == 3 else x[i].transpose(1, 2, 0)
+            if img.ndim == 3 and img.shape[-1] == 1:
+                img = img[..., 0]
             ax.imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
             ax.set_title(titles[i], fontsize=8)
     return save_figure(fig, path)

@@ -46,6 +46,28 @@ def test_boolean_flags_can_be_switched_off():
     assert parse_config(OnByDefault, ["--no-ema"]).ema is False
 
 
+def test_a_trailing_underscore_lets_a_flag_be_a_python_keyword(capsys):
+    @dataclass
+    class WithKeyword:
+        class_: int = arg(-1, "digit to draw", min=-1, max=9)
+
+    assert parse_config(WithKeyword, ["--class", "3"]).class_ == 3
+    with pytest.raises(SystemExit):
+        parse_config(WithKeyword, ["--class", "12"])
+    assert "--class must be <= 9" in capsys.readouterr().err
+
+
+def test_a_bad_positional_value_is_named_by_its_metavar(capsys):
+    @dataclass
+    class Numbers:
+        values: tuple[float, ...] = arg((), "numbers", positional=True)
+
+    with pytest.raises(SystemExit):
+        parse_config(Numbers, ["1", "x"])
+    err = capsys.readouterr().err
+    assert "VALUES expects a number, got 'x'" in err and "--values" not in err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -92,6 +114,7 @@ def test_help_shows_every_flag_with_its_default(capsys):
     ):
         assert flag in out
     assert "(default: 0.1)" in out and "(default: 8 8)" in out
+    assert "batch normalisation (default: off)" in " ".join(out.split())
 
 
 def test_user_error_in_main_becomes_one_line_and_exit_2(capsys):

@@ -27,13 +27,11 @@ def test_frechet_distance_of_a_set_with_itself_is_zero_and_shift_adds_its_square
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
-def judge(data_dir):
-    return get_judge("digits", data_dir=data_dir)
+def judge(tmp_path_factory):
+    """A judge trained here, in an empty cache dir, so that the first-use path is what runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield get_judge("digits")
 
 
 def test_digit_judge_recognises_real_test_digits_and_reports_the_floor(judge):
@@ -51,8 +49,8 @@ def test_noise_is_far_from_the_floor_and_unconfident(judge):
     assert report["confidence"] < 0.9
 
 
-def test_judge_is_cached_and_reloaded_with_the_same_answers(judge, data_dir):
-    assert judge_path("digits", data_dir).exists()
-    reloaded = get_judge("digits", data_dir=data_dir)
+def test_judge_is_cached_and_reloaded_with_the_same_answers(judge):
+    assert judge_path("digits").exists()
+    reloaded = get_judge("digits")
     x, _ = load_images("digits", "test", size=16)
     np.testing.assert_allclose(reloaded.probs(x[:20]), judge.probs(x[:20]), atol=1e-6)

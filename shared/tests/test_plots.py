@@ -28,6 +28,7 @@ def test_png_and_gif_files_are_valid_images(tmp_path):
     plot_curves(tmp_path / "loss.png", {"train": ([1, 2, 3], [3, 2, 1]), "val": ([1, 3], [3, 2])})
     save_image_grid(tmp_path / "grid.png", np.random.rand(8, 8, 8), scale=2)
     save_image_grid(tmp_path / "titled.png", np.random.rand(4, 1, 8, 8), titles=list("abcd"))
+    save_image_grid(tmp_path / "titled_rgb.png", np.random.rand(4, 3, 8, 8), titles=list("abcd"))
     frames = [np.random.rand(8, 8) for _ in range(3)]
     save_gif(tmp_path / "anim.gif", frames, scale=2)
     for name in ("loss.png", "grid.png", "titled.png"):
