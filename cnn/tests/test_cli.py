@@ -1,0 +1,101 @@
+"""train.py and inference.py as a user runs them: dry runs, resumes, PNG inputs, bad inputs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.testing import run_script
+
+PROJECT = Path(__file__).resolve().parents[1]
+FIGURES = ("loss.png", "accuracy.png", "confusion_matrix.png", "filters.png", "feature_maps.png")
+
+
+@pytest.fixture(scope="module")
+def numpy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("numpy_run")
+    run_script(PROJECT, "train.py", "--dry-run", "--out", out)
+    return out
+
+
+def test_numpy_dry_run_writes_checkpoint_metrics_and_every_figure(numpy_run):
+    metrics = json.loads((numpy_run / "metrics.json").read_text())
+    assert metrics["metric"] == "test_accuracy" and 0.0 <= metrics["value"] <= 1.0
+    assert (numpy_run / "model.npz").stat().st_size > 0
+    for name in FIGURES:
+        assert (numpy_run / name).stat().st_size > 0, name
+
+
+def test_inference_classifies_pngs_written_by_its_own_helper(numpy_run, tmp_path):
+    run_script(PROJECT, "inference.py", "--write-examples", tmp_path)
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert len(pngs) == 10
+    ckpt = numpy_run / "model.npz"
+    result = run_script(PROJECT, "inference.py", *pngs[:3], "--checkpoint", ckpt, "--top-k", "2")
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    probs = [float(part.split()[-1]) for part in lines[0].split(": ", 1)[1].split(", ")]
+    assert len(probs) == 2 and probs[0] >= probs[1] and 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_a_resumed_run_continues_from_its_checkpoint_epoch(numpy_run):
+    run_script(PROJECT, "train.py", "--dry-run", "--out", numpy_run, "--resume")
+    from shared.checkpoint import load_arrays
+
+    _, meta = load_arrays(numpy_run / "model.npz")
+    assert meta["epoch"] == 1 and len(meta["history"]["epoch"]) == 1  # nothing left to redo
+
+
+def test_pytorch_dry_run_then_inference_on_a_test_index(tmp_path):
+    run_script(PROJECT, "train.py", "--dry-run", "--model", "lenet5", "--out", tmp_path)
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "misclassified.png").exists()
+    ckpt = tmp_path / "model.pt"
+    result = run_script(PROJECT, "inference.py", "--checkpoint", ckpt, "--index", "2")
+    assert result.stdout.startswith("test image 2 (true: ")
+
+
+def test_training_on_a_folder_of_images_finds_its_classes(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, level in (("dark", 40), ("light", 210)):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.clip(rng.normal(level, 20, (12, 10, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "pics" / name / f"{i}.png")
+    out = tmp_path / "run"
+    run_script(PROJECT, "train.py", "--dry-run", "--image-dir", tmp_path / "pics", "--out", out)
+    result = run_script(PROJECT, "inference.py", "--checkpoint", out / "model.npz")
+    assert "(true: dark)" in result.stdout or "(true: light)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "is empty"), (b"not a picture at all", "is not an image")],
+)
+def test_inference_rejects_files_that_are_not_images_in_one_line(
+    numpy_run, tmp_path, content, message
+):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(content)
+    result = run_script(
+        PROJECT, "inference.py", bad, "--checkpoint", numpy_run / "model.npz", expect_code=2
+    )
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_inference_names_a_missing_checkpoint(tmp_path):
+    missing = tmp_path / "missing.pt"
+    result = run_script(PROJECT, "inference.py", "--checkpoint", missing, expect_code=2)
+    assert (
+        result.stderr.strip()
+        == f"error: checkpoint {missing} does not exist (train first: python train.py)"
+    )
+
+
+def test_train_rejects_an_image_size_lenet5_cannot_take():
+    result = run_script(
+        PROJECT, "train.py", "--model", "lenet5", "--image-size", "28", expect_code=2
+    )
+    assert "--image-size 32" in result.stderr
