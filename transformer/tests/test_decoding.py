@@ -1,0 +1,116 @@
+"""Masks hide what they must, the KV cache changes nothing, beam 1 is greedy, the schedule fits."""
+
+import math
+
+import torch
+from model import Seq2SeqTransformer, TransformerConfig
+from train import character_error_rate, corpus_bleu, edit_distance, noam_lr, update_average
+
+
+def trained_looking_model(seed=0, **overrides) -> Seq2SeqTransformer:
+    """A random model with dropout off, its output layer sharpened so greedy paths vary."""
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=13, max_len=40, d_model=16, n_head=4, d_ff=32,
+                    n_encoder_layers=2, n_decoder_layers=2, dropout=0.0)  # fmt: skip
+    settings.update(overrides)
+    return Seq2SeqTransformer(TransformerConfig(**settings)).double().eval()
+
+
+def test_changing_a_future_target_token_leaves_earlier_logits_unchanged():
+    model = trained_looking_model()
+    src = torch.tensor([[5, 6, 7, 8]])
+    tgt = torch.tensor([[1, 4, 9, 10, 11, 3]])
+    changed = tgt.clone()
+    changed[0, 4] = 12
+    logits, _ = model(src, tgt)
+    logits_changed, _ = model(src, changed)
+    assert torch.allclose(logits[0, :4], logits_changed[0, :4], atol=1e-12)
+    assert not torch.allclose(logits[0, 4:], logits_changed[0, 4:])  # the mask is not everything
+
+
+def test_changing_a_padded_source_token_changes_nothing():
+    model = trained_looking_model()
+    src = torch.tensor([[5, 6, 7, 0, 0]])
+    mask = src != 0
+    tgt = torch.tensor([[1, 4, 9, 10]])
+    memory, src_mask, _ = model.encode(src)
+    logits = model.decode(tgt, memory, src_mask)[0]
+    garbage = torch.tensor([[5, 6, 7, 11, 12]])  # the same real tokens, other tokens under the pad
+    memory2, src_mask2, _ = model.encode(garbage, src_mask=mask[:, None, None, :])
+    logits2 = model.decode(tgt, memory2, src_mask2)[0]
+    assert torch.allclose(logits, logits2, atol=1e-12)
+    assert torch.allclose(memory[:, :3], memory2[:, :3], atol=1e-12)
+
+
+def test_cached_decoding_gives_the_same_tokens_and_logits_as_recomputing_the_prefix():
+    for norm_first in (False, True):
+        model = trained_looking_model(seed=1, norm_first=norm_first)
+        src = torch.tensor([[5, 6, 7, 8, 9], [10, 4, 3, 0, 0]])
+        tokens, logits = model.greedy_decode(src, max_len=30, use_cache=True)
+        tokens_ref, logits_ref = model.greedy_decode(src, max_len=30, use_cache=False)
+        assert torch.equal(tokens, tokens_ref)
+        for row in range(2):  # a finished row's later logits are of padding, not compared
+            ended = (tokens[row] == model.eos_id).nonzero()
+            n = int(ended[0]) + 1 if len(ended) else tokens.size(1)
+            assert torch.allclose(logits[row, :n], logits_ref[row, :n], atol=1e-10)
+
+
+def test_beam_of_size_one_equals_greedy_decoding():
+    for seed in range(3):
+        model = trained_looking_model(seed=seed)
+        src = torch.tensor([[5, 6, 7, 8, 9, 10]])
+        greedy = model.greedy_decode(src, max_len=25)[0][0].tolist()
+        if model.eos_id in greedy:
+            greedy = greedy[: greedy.index(model.eos_id) + 1]
+        assert model.beam_search(src, beam_size=1, max_len=25) == greedy
+
+
+def test_wider_beam_finds_a_sequence_at_least_as_likely_as_greedy():
+    model = trained_looking_model(seed=4)
+    src = torch.tensor([[5, 6, 7, 8]])
+
+    def log_prob(tokens):
+        tgt_in = torch.tensor([[model.bos_id, *tokens[:-1]]])
+        logits, _ = model(src, tgt_in)
+        return logits.log_softmax(-1)[0, range(len(tokens)), tokens].sum().item()
+
+    greedy = model.beam_search(src, beam_size=1, max_len=12, length_penalty=0.0)
+    beam = model.beam_search(src, beam_size=5, max_len=12, length_penalty=0.0)
+    assert log_prob(beam) >= log_prob(greedy) - 1e-9
+
+
+def test_warm_up_schedule_matches_its_formula():
+    d_model, warmup = 512, 4000  # the paper's base model
+    for step in (1, 100, 4000, 4001, 100_000):
+        expected = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+        assert math.isclose(noam_lr(step, d_model, warmup), expected, rel_tol=1e-12)
+    peak = noam_lr(warmup, d_model, warmup)
+    assert math.isclose(peak, 1 / math.sqrt(d_model * warmup), rel_tol=1e-12)  # both arms meet
+    assert noam_lr(warmup - 1, d_model, warmup) < peak > noam_lr(warmup + 1, d_model, warmup)
+
+
+def test_edit_distance_and_character_error_rate_on_hand_worked_cases():
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance("", "abc") == 3
+    assert character_error_rate(["abc", "xy"], ["abd", "xyz"]) == 2 / 6
+
+
+def test_bleu_is_100_for_identical_text_and_matches_a_hand_worked_score():
+    text = ["le petit chat voit la voiture rouge"]
+    assert math.isclose(corpus_bleu(text, text), 100.0)
+    # 5 words against 6: clipped n-gram precisions 4/5, 3/4, 2/3, 1/2; brevity exp(1 - 6/5).
+    hyp, ref = ["a b c d e"], ["a b c d x f"]
+    p = [4 / 5, 3 / 4, 2 / 3, 1 / 2]
+    expected = 100 * math.exp(1 - 6 / 5) * math.exp(sum(map(math.log, p)) / 4)
+    assert math.isclose(corpus_bleu(hyp, ref), expected, rel_tol=1e-12)
+
+
+def test_weight_averaging_gives_the_mean_of_the_states_it_saw():
+    torch.manual_seed(7)
+    states = [{"w": torch.randn(3, 4, dtype=torch.float64), "steps": torch.tensor(i)}
+              for i in range(5)]  # fmt: skip
+    average = {"w": torch.full((3, 4), 123.0, dtype=torch.float64), "steps": torch.tensor(0)}
+    for n, state in enumerate(states, 1):  # what was there before the first state is forgotten
+        update_average(average, state, n)
+    assert torch.allclose(average["w"], torch.stack([s["w"] for s in states]).mean(0), atol=1e-14)
+    assert average["steps"] == 0  # integer buffers are not averaged
