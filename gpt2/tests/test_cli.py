@@ -1,0 +1,150 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.errors import CheckpointError, UserError
+from shared.logging import read_log
+from shared.testing import run_script
+
+PROJECT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Dry-run flags on a small text file (building the stdlib corpus takes seconds).
+    Two micro-batches per step: one process accumulates both, two DDP processes take one each."""
+    text = tmp_path_factory.mktemp("data") / "fox.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 300)
+    return ("--dry-run", "--dataset", text, "--grad-accum", "2", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny):
+    out = tmp_path_factory.mktemp("run")
+    run_script(PROJECT, "train.py", *tiny, "--out", out)
+    return out
+
+
+def test_dry_run_writes_checkpoint_metrics_plot_and_samples(trained):
+    for name in ("model.pt", "metrics.json", "config.json", "log.jsonl", "loss.png", "samples.txt"):
+        assert (trained / name).exists(), name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["metric"] == "val_loss" and math.isfinite(metrics["value"])
+    assert metrics["unigram_val_loss"] > 0 and metrics["steps"] == 4
+    # One token per character: the loss per character is the loss per token.
+    assert metrics["val_loss_per_char"] == pytest.approx(metrics["value"])
+
+
+def test_inference_streams_samples_from_the_dry_run_checkpoint(trained):
+    result = run_script(
+        PROJECT, "inference.py", "--checkpoint", trained / "model.pt", "--max-new-tokens", "20"
+    )
+    assert result.stdout.count("--- sample") == 2 and "The " in result.stdout
+
+
+def test_resume_continues_with_the_identical_next_losses(tiny, trained, tmp_path):
+    # Stop after 2 of the 4 steps (the learning-rate schedule still spans 4), then resume.
+    run_script(
+        PROJECT, "train.py", *tiny, "--max-iters", "2", "--lr-decay-iters", "4", "--out", tmp_path
+    )
+    result = run_script(PROJECT, "train.py", *tiny, "--resume", "--out", tmp_path)
+    assert "resuming" in result.stdout
+    full = {r["step"]: r["loss"] for r in read_log(trained) if "loss" in r}
+    resumed = {r["step"]: r["loss"] for r in read_log(tmp_path) if "loss" in r}
+    assert resumed == pytest.approx(full, rel=1e-6) and sorted(resumed) == [1, 2, 3, 4]
+
+
+def test_ddp_with_two_processes_matches_one_process_on_the_same_global_batch(
+    tiny, trained, tmp_path
+):
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    run_script(PROJECT, *torchrun, "train.py", *tiny, "--out", tmp_path, timeout=600)
+    one = torch.load(trained / "model.pt", weights_only=True)["model"]
+    two = torch.load(tmp_path / "model.pt", weights_only=True)["model"]
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--prompt", ""), "--prompt is empty"),
+        (("--prompt", "é"), "characters not in the vocabulary: 'é'"),
+        (("--prompt-ids", "1", "999"), "token ids outside the vocabulary"),
+    ],
+)
+def test_bad_prompts_get_a_one_line_error(trained, flags, message):
+    result = run_script(
+        PROJECT, "inference.py", "--checkpoint", trained / "model.pt", *flags, expect_code=2
+    )
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resuming_with_another_config_gets_a_one_line_error(tiny, trained):
+    result = run_script(
+        PROJECT,
+        "train.py",
+        *tiny,
+        "--tokenizer",
+        "bpe",
+        "--resume",
+        "--out",
+        trained,
+        expect_code=2,
+    )
+    assert "was trained with --tokenizer char, not bpe" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    import inference
+
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    cfg = inference.SampleConfig(checkpoint=str(tmp_path / "other.pt"))
+    with pytest.raises(CheckpointError, match="lacks 'model'"):
+        inference.main(cfg)
+
+
+def test_impossible_model_shapes_are_refused_before_training():
+    import train
+
+    with pytest.raises(UserError, match="not a multiple of --n-head"):
+        train.TrainConfig(n_embd=30, n_head=4).check()
+
+
+def test_bpe_dry_run_trains_its_own_tokenizer(tmp_path):
+    run_script(PROJECT, "train.py", "--dry-run", "--tokenizer", "bpe", "--out", tmp_path)
+    result = run_script(
+        PROJECT,
+        "inference.py",
+        "--checkpoint",
+        tmp_path / "model.pt",
+        "--prompt",
+        "héllo",
+        "--max-new-tokens",
+        "5",
+        "--num-samples",
+        "1",
+    )
+    assert result.stdout.splitlines()[1].startswith("héllo")
+
+
+def test_inference_samples_from_a_hugging_face_gpt2_folder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import inference
+
+    config = transformers.GPT2Config(
+        vocab_size=8, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=7, eos_token_id=7
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    # A tiny vocabulary in OpenAI's format (Hugging Face's file names): a space is written "Ġ".
+    encoder = {"t": 0, "h": 1, "e": 2, "Ġ": 3, "Ġt": 4, "he": 5, "Ġthe": 6, "<|endoftext|>": 7}
+    (tmp_path / "vocab.json").write_text(json.dumps(encoder))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ t\nh e\nĠt he\n")
+    cfg = inference.SampleConfig(pretrained=str(tmp_path), prompt=" the", max_new_tokens=5)
+    samples = inference.main(cfg)
+    assert len(samples) == 2 and all(s.startswith(" the") for s in samples)

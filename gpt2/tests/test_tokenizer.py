@@ -1,0 +1,96 @@
+import json
+import random
+
+import pytest
+from tokenizer import (
+    PRE_SPLIT,
+    BPETokenizer,
+    CharTokenizer,
+    bytes_to_unicode,
+    tokenizer_from_state,
+)
+
+from shared.errors import UserError
+
+CORPUS = "the cat sat on the mat. The hat! 12 cats, 345 hats; naïve café 東京\n\n  indented\tlines"
+
+
+def test_bpe_learns_the_hand_checked_merges_of_aaabdaaabac():
+    # aa is the most frequent pair (4); then ab and (aa)a tie at 2, and the smaller ids win
+    # (a=97, b=98 before aa=256); then (aa)(ab) occurs twice. Wikipedia's example, by hand.
+    tok = BPETokenizer.train("aaabdaaabac", vocab_size=260)
+    assert tok.merges == [(97, 97), (97, 98), (256, 257)]
+    assert tok.vocab[256:259] == [b"aa", b"ab", b"aaab"]
+    assert tok.encode("aaabdaaabac") == [258, ord("d"), 258, ord("a"), ord("c")]
+
+
+def test_bpe_round_trips_arbitrary_bytes_and_unicode():
+    tok = BPETokenizer.train(CORPUS * 3, vocab_size=300)
+    rng = random.Random(0)
+    code_points = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000]  # no surrogates
+    random_text = "".join(chr(rng.choice(code_points)) for _ in range(300))
+    for text in [random_text, "héllo wörld 日本語 🙂", CORPUS, "  <|endoftext|>x", "\x00\x7f"]:
+        assert tok.decode(tok.encode(text)) == text
+    # Any byte string, valid UTF-8 or not, is a sequence of byte tokens.
+    raw = bytes(rng.randrange(256) for _ in range(500))
+    assert tok.decode_bytes([tok.byte_id[b] for b in raw]) == raw
+
+
+def test_pre_split_gives_gpt2s_chunks():
+    text = "Hello world's 123 tests!!  ok\n"
+    assert PRE_SPLIT.findall(text) == [
+        "Hello",
+        " world",
+        "'s",
+        " 123",
+        " tests",
+        "!!",
+        " ",
+        " ok",
+        "\n",
+    ]
+
+
+def test_special_token_is_one_id_and_merges_never_cross_chunks():
+    tok = BPETokenizer.train("ab ab ab ab", vocab_size=300)
+    eot = tok.special["<|endoftext|>"]
+    assert tok.encode("ab<|endoftext|>ab") == [tok.encode("ab")[0], eot, tok.encode("ab")[0]]
+    assert all(b" " not in token[1:] for token in tok.vocab[256:eot])
+
+
+def write_gpt2_files(folder):
+    # A tiny vocabulary in OpenAI's format: spaces are written "Ġ".
+    encoder = {"t": 0, "h": 1, "e": 2, "Ġ": 3, "Ġt": 4, "he": 5, "Ġthe": 6, "<|endoftext|>": 7}
+    (folder / "encoder.json").write_text(json.dumps(encoder))
+    (folder / "vocab.bpe").write_text("#version: 0.2\nĠ t\nh e\nĠt he\n")
+    return BPETokenizer.from_gpt2_files(folder / "encoder.json", folder / "vocab.bpe")
+
+
+def test_gpt2_format_files_give_the_hand_checked_tokens(tmp_path):
+    tok = write_gpt2_files(tmp_path)
+    assert tok.encode(" the the") == [6, 6]
+    assert tok.encode("the") == [0, 5]  # no "Ġ": only "h e" applies
+    assert tok.encode(" teh") == [4, 2, 1]  # "Ġ t" applies, "h e" is not adjacent in "eh"
+    assert tok.encode("<|endoftext|> the") == [7, 6]
+    assert tok.decode([6, 7, 0]) == " the<|endoftext|>t"
+
+
+def test_bytes_to_unicode_is_gpt2s_printable_table():
+    table = bytes_to_unicode()
+    assert len(set(table.values())) == 256
+    assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("A")] == "A"
+
+
+def test_tokenizers_survive_their_checkpoint_state():
+    bpe = BPETokenizer.train(CORPUS, vocab_size=280)
+    char = CharTokenizer.train(CORPUS)
+    for tok in (bpe, char):
+        again = tokenizer_from_state(tok.state())
+        assert again.encode(CORPUS) == tok.encode(CORPUS)
+
+
+def test_char_tokenizer_rejects_unknown_characters():
+    tok = CharTokenizer.train("abc")
+    assert tok.decode(tok.encode("cab")) == "cab"
+    with pytest.raises(UserError, match="'xz'"):
+        tok.encode("axbz")

@@ -1,0 +1,381 @@
+"""Train GPT-2 on text, from a laptop CPU to `torchrun --nproc_per_node N` on GPUs.
+
+    python train.py                      # stdlib docstrings, one token per character
+    python train.py --dataset shakespeare --max-iters 2000   # nanoGPT's small CPU run
+    python train.py --tokenizer bpe      # byte-level BPE learned on the training text
+    torchrun --standalone --nproc_per_node 2 train.py --grad-accum 2
+
+The recipe is GPT-2's / nanoGPT's: AdamW with weight decay on matrices only, linear warm-up then
+cosine decay of the learning rate, gradient clipping, gradient accumulation, bf16 autocast on
+CUDA. The batch of step s is drawn from a generator seeded by (seed, s), so it does not depend
+on how many processes share it or on whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from model import GPT, GPTConfig
+from tokenizer import END_OF_TEXT, BPETokenizer, CharTokenizer, tokenizer_from_state
+
+from shared.checkpoint import atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
+from shared.cli import RunConfig, arg, cli_main
+from shared.data import load_text, split_text
+from shared.errors import CheckpointError, DataError, UserError
+from shared.logging import latest_run, progress, read_log, start_run
+from shared.plots import plot_curves
+from shared.runtime import init_distributed, seed_everything, set_threads
+
+PROJECT_DIR = Path(__file__).parent
+CHECKPOINT = "model.pt"
+# Flags that must be the same when resuming: they decide the data, the tokens and the model.
+MUST_MATCH_ON_RESUME = (
+    "dataset",
+    "tokenizer",
+    "vocab_size",
+    "block_size",
+    "n_layer",
+    "n_head",
+    "n_embd",
+)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    dataset: str = arg("stdlib", "stdlib (embedded), shakespeare, or the path of a UTF-8 text file")
+    tokenizer: str = arg(
+        "char", "char: one token per character; bpe: byte-level BPE", choices=("char", "bpe")
+    )
+    vocab_size: int = arg(512, "BPE vocabulary size: 256 bytes + merges + <|endoftext|>", min=257)
+    # model (GPTConfig)
+    n_layer: int = arg(4, "transformer blocks", min=1)
+    n_head: int = arg(4, "attention heads per block", min=1)
+    n_embd: int = arg(128, "width of the residual stream (a multiple of --n-head)", min=1)
+    block_size: int = arg(64, "context length in tokens", min=2)
+    dropout: float = arg(0.0, "dropout probability", min=0, max=0.99)
+    fused_attention: bool = arg(False, "use F.scaled_dot_product_attention (tested equal)")
+    # optimisation
+    batch_size: int = arg(12, "sequences per micro-batch (per process)", min=1)
+    grad_accum: int = arg(1, "micro-batches per step, over all processes", min=1)
+    max_iters: int = arg(1500, "optimizer steps", min=1)
+    lr: float = arg(1e-3, "peak learning rate", min=0, min_inclusive=False)
+    min_lr: float = arg(1e-4, "learning rate at the end of the cosine decay", min=0)
+    warmup_iters: int = arg(100, "steps of linear warm-up", min=0)
+    lr_decay_iters: int = arg(0, "steps of cosine decay (0: --max-iters)", min=0)
+    weight_decay: float = arg(0.1, "AdamW weight decay, on matrices only", min=0)
+    beta1: float = arg(0.9, "AdamW beta1", min=0, max=1)
+    beta2: float = arg(0.99, "AdamW beta2", min=0, max=1)
+    grad_clip: float = arg(1.0, "clip the gradient norm to this (0: no clipping)", min=0)
+    # evaluation, samples, speed
+    eval_interval: int = arg(250, "steps between evaluations and checkpoints", min=1)
+    eval_iters: int = arg(20, "batches per loss estimate", min=1)
+    sample_tokens: int = arg(300, "tokens per sample written at the end", min=1)
+    compile: bool = arg(False, "torch.compile the model")
+    # A model this small gains little from more threads, and on a busy machine threads that spin
+    # waiting for each other lose a lot (measured: 6.5 vs 0.2-2 steps/s at load 8 on 2 cores).
+    threads: int = arg(1, "torch CPU threads (0: torch's default, one per core)", min=0)
+
+    def check(self):
+        if self.n_embd % self.n_head:
+            raise UserError(f"--n-embd {self.n_embd} is not a multiple of --n-head {self.n_head}")
+        if self.min_lr > self.lr:
+            raise UserError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
+
+
+def dry_run_config(cfg: TrainConfig) -> TrainConfig:
+    """A tiny model and a few steps of every stage."""
+    return dataclasses.replace(
+        cfg,
+        vocab_size=min(cfg.vocab_size, 300),
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        block_size=16,
+        batch_size=4,
+        max_iters=min(cfg.max_iters, 4),
+        warmup_iters=1,
+        eval_interval=2,
+        eval_iters=2,
+        sample_tokens=40,
+    )
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay from lr to min_lr (Loshchilov & Hutter 2017)."""
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / (cfg.warmup_iters + 1)
+    if step >= decay_iters:
+        return cfg.min_lr
+    progress_ = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress_)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices (linear weights, embeddings), not on biases and
+    LayerNorm gains, which set scales and offsets rather than store features."""
+    params = [p for p in model.parameters() if p.requires_grad]  # the tied matrix once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
+    )
+
+
+def batch_offsets(step: int, count: int, n_tokens: int, block_size: int, seed: int) -> torch.Tensor:
+    """Start positions of the count sequences of step `step`: the same in any process."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(n_tokens - block_size, (count,), generator=g)
+
+
+def get_batch(ids: torch.Tensor, offsets: torch.Tensor, block_size: int, device: torch.device):
+    """Inputs x and next-token targets y, both (B, T): y[b, t] = x[b, t + 1]."""
+    x = torch.stack([ids[o : o + block_size] for o in offsets.tolist()])
+    y = torch.stack([ids[o + 1 : o + 1 + block_size] for o in offsets.tolist()])
+    return x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def estimate_loss(model, ids, cfg: TrainConfig, device, autocast) -> float:
+    """Mean loss over eval_iters random batches, the same batches at every evaluation."""
+    model.eval()
+    offsets = batch_offsets(-1, cfg.eval_iters * cfg.batch_size, len(ids), cfg.block_size, cfg.seed)
+    losses = []
+    for chunk in offsets.split(cfg.batch_size):
+        x, y = get_batch(ids, chunk, cfg.block_size, device)
+        with autocast:
+            losses.append(model(x, y)[1].item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def full_loss(model, ids, cfg: TrainConfig, device, autocast) -> float:
+    """Mean loss over every token of ids, read in consecutive windows of block_size."""
+    model.eval()
+    n_windows = (len(ids) - 1) // cfg.block_size
+    offsets = torch.arange(n_windows) * cfg.block_size
+    total = 0.0
+    for chunk in offsets.split(4 * cfg.batch_size):
+        x, y = get_batch(ids, chunk, cfg.block_size, device)
+        with autocast:
+            total += model(x, y)[1].item() * len(chunk)
+    model.train()
+    return total / n_windows
+
+
+def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int) -> float:
+    """The baseline: cross-entropy of val under token frequencies of train (add-one smoothed),
+    what a model that ignores all context can reach."""
+    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1
+    log_p = (counts / counts.sum()).log()
+    return -log_p[val_ids].mean().item()
+
+
+def main(cfg: TrainConfig) -> dict:
+    if cfg.dry_run:
+        cfg = dry_run_config(cfg)
+    dist = init_distributed(cfg.device)
+    device = dist.device
+    if cfg.grad_accum % dist.world_size:
+        raise UserError(
+            f"--grad-accum {cfg.grad_accum} is not a multiple of {dist.world_size} processes"
+        )
+    micro_steps = cfg.grad_accum // dist.world_size  # micro-batches of this process per step
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed + dist.rank)  # dropout masks differ between processes
+
+    # 0. When resuming, the checkpoint first: a mismatch must not touch the run folder.
+    ckpt = None
+    if cfg.resume:
+        checkpoint_path = (Path(cfg.out) if cfg.out else latest_run(PROJECT_DIR)) / CHECKPOINT
+        ckpt = load_checkpoint(
+            checkpoint_path, required=("model", "optimizer", "model_config", "train_config", "step")
+        )
+        for name in MUST_MATCH_ON_RESUME:
+            if ckpt["train_config"][name] != getattr(cfg, name):
+                flag = "--" + name.replace("_", "-")
+                raise CheckpointError(
+                    f"checkpoint {checkpoint_path} was trained with {flag} "
+                    f"{ckpt['train_config'][name]}, not {getattr(cfg, name)}"
+                )
+    run = start_run("gpt2 language model", cfg, PROJECT_DIR, is_main=dist.is_main)
+    checkpoint_path = run.path / CHECKPOINT
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+
+    # 1. Text and tokens. The checkpoint's tokenizer when resuming, else one fit to the text.
+    text = load_text(cfg.dataset, cfg.data_dir)
+    if cfg.dry_run:
+        text = text[:20_000]
+    train_text, val_text = split_text(text, val_fraction=0.1)
+    if ckpt is not None:
+        tokenizer = tokenizer_from_state(ckpt["tokenizer"])
+    elif cfg.tokenizer == "char":
+        tokenizer = CharTokenizer.train(text)  # every character of the corpus, val included
+    else:
+        tokenizer = BPETokenizer.train(train_text, cfg.vocab_size)
+    train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
+    val_ids = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
+    if min(len(train_ids), len(val_ids)) <= cfg.block_size + 1:
+        raise DataError(
+            f"{cfg.dataset}: the validation tenth has {len(val_ids)} tokens, "
+            f"fewer than --block-size {cfg.block_size} + 2; use more text or a smaller block"
+        )
+
+    # 2. The model and its optimizer.
+    model_config = GPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        block_size=cfg.block_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_embd=cfg.n_embd,
+        dropout=cfg.dropout,
+        fused_attention=cfg.fused_attention,
+    )
+    model = GPT(model_config).to(device)
+    optimizer = make_optimizer(model, cfg, device)
+    start_step = 0
+    if ckpt is not None:
+        load_model_state(model, ckpt["model"], checkpoint_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["rng_state"])
+        start_step = ckpt["step"]
+        if dist.is_main:
+            print(f"resuming {checkpoint_path} at step {start_step}")
+    if dist.is_main:
+        print(
+            f"{model.num_params():,} parameters, {tokenizer.kind} vocabulary of "
+            f"{tokenizer.vocab_size}, {len(train_ids):,} training tokens"
+        )
+    raw_model = model  # the plain module, for saving and evaluation
+    if cfg.compile:
+        model = torch.compile(model)
+    model = dist.wrap(model)
+
+    def save(step: int) -> None:
+        if not dist.is_main:
+            return
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "model_config": dataclasses.asdict(model_config),
+                "train_config": dataclasses.asdict(cfg),
+                "tokenizer": tokenizer.state(),
+                "step": step,
+                "rng_state": torch.get_rng_state(),
+            },
+        )
+
+    # 3. The training loop. Every process takes its share of the step's global batch.
+    global_batch = cfg.grad_accum * cfg.batch_size
+    train_time, train_steps = 0.0, 0
+    for step in progress(range(start_step, cfg.max_iters), desc="train", disable=not dist.is_main):
+        started = time.perf_counter()
+        lr = learning_rate(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        offsets = batch_offsets(step, global_batch, len(train_ids), cfg.block_size, cfg.seed)
+        mine = offsets.view(dist.world_size, micro_steps, cfg.batch_size)[dist.rank]
+        step_loss = 0.0
+        for micro in range(micro_steps):
+            x, y = get_batch(train_ids, mine[micro], cfg.block_size, device)
+            # Gradients are averaged over processes only after the last micro-batch.
+            last = micro == micro_steps - 1
+            with autocast, model.no_sync() if dist.enabled and not last else nullcontext():
+                _, loss = model(x, y)
+                (loss / micro_steps).backward()  # the mean over the micro-batches
+            step_loss += loss.item() / micro_steps
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = dist.all_reduce_mean(step_loss)
+        train_time += time.perf_counter() - started
+        train_steps += 1
+        run.log(step=step + 1, loss=step_loss, lr=lr)
+        if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters:
+            train_est = estimate_loss(raw_model, train_ids, cfg, device, autocast)
+            val_est = estimate_loss(raw_model, val_ids, cfg, device, autocast)
+            run.log(step=step + 1, train_loss=train_est, val_loss=val_est)
+            if dist.is_main:
+                print(f"step {step + 1}: train loss {train_est:.4f}, val loss {val_est:.4f}")
+            save(step + 1)
+
+    # 4. Final numbers: the loss over the whole validation text, and the baseline to beat.
+    val_loss = full_loss(raw_model, val_ids, cfg, device, autocast)
+    baseline = unigram_loss(train_ids, val_ids, tokenizer.vocab_size)
+    tokens_per_s = train_steps * global_batch * cfg.block_size / max(train_time, 1e-9)
+    if dist.is_main:
+        write_samples(raw_model, tokenizer, cfg, device, run.path / "samples.txt")
+        write_loss_plot(run.path)
+    metrics = run.finish(
+        metric="val_loss",
+        value=val_loss,
+        higher_is_better=False,
+        unigram_val_loss=baseline,
+        # Nats per character: comparable between character and BPE tokens.
+        val_loss_per_char=val_loss * len(val_ids) / len(val_text),
+        params=raw_model.num_params(),
+        tokenizer=tokenizer.kind,
+        vocab_size=tokenizer.vocab_size,
+        steps=cfg.max_iters,
+        tokens_per_s=round(tokens_per_s),
+        processes=dist.world_size,
+    )
+    dist.close()
+    return metrics
+
+
+def prompt_ids(tokenizer) -> list[int]:
+    """Where samples start: <|endoftext|> for BPE (GPT-2's document separator), else a newline."""
+    if tokenizer.kind == "bpe":
+        return [tokenizer.special[END_OF_TEXT]]
+    return tokenizer.encode("\n") if "\n" in tokenizer.chars else [0]
+
+
+def write_samples(model: GPT, tokenizer, cfg: TrainConfig, device, path: Path) -> None:
+    """Two samples (temperature 0.8, top-k 200) into samples.txt; the first is printed too."""
+    model.eval()
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    idx = torch.tensor([prompt_ids(tokenizer)] * 2, device=device)
+    out = model.generate(idx, cfg.sample_tokens, temperature=0.8, top_k=200, generator=g)
+    samples = [tokenizer.decode(row.tolist()) for row in out]
+    atomic_write_text(path, "\n\n---------------\n\n".join(samples) + "\n")
+    print(f"sample:\n{samples[0].strip()}\n")
+
+
+def write_loss_plot(run_path: Path) -> None:
+    """loss.png from log.jsonl; the last record of each step wins (a resumed run redoes some)."""
+    train, evals = {}, {}
+    for record in read_log(run_path):
+        if "loss" in record:
+            train[record["step"]] = record["loss"]
+        if "val_loss" in record:
+            evals[record["step"]] = (record["train_loss"], record["val_loss"])
+    steps = sorted(evals)
+    plot_curves(
+        run_path / "loss.png",
+        {
+            "train (per step)": (sorted(train), [train[s] for s in sorted(train)]),
+            "train (estimate)": (steps, [evals[s][0] for s in steps]),
+            "val (estimate)": (steps, [evals[s][1] for s in steps]),
+        },
+        xlabel="step",
+        ylabel="cross-entropy (nats per token)",
+    )
+
+
+if __name__ == "__main__":
+    cli_main(main, TrainConfig)
