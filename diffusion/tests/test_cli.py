@@ -1,0 +1,72 @@
+"""train.py and inference.py as a user runs them: a dry run, sampling from it, and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.testing import run_script
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    run_script(PROJECT, "train.py", "--dry-run", "--out", out)
+    return out
+
+
+def test_dry_run_writes_checkpoint_metrics_and_figures(dry_run):
+    metrics = json.loads((dry_run / "metrics.json").read_text())
+    assert metrics["metric"] == "confidence" and 0 <= metrics["value"] <= 1
+    assert metrics["frechet"] > 0 and metrics["frechet_floor"] > 0
+    for name in ("model.pt", "samples.png", "class_samples.png", "forward_process.png",
+                 "reverse_process.png", "reverse_process.gif", "loss.png"):  # fmt: skip
+        assert (dry_run / name).stat().st_size > 0, name
+
+
+def test_inference_writes_a_class_grid_and_a_gif(dry_run, tmp_path):
+    result = run_script(
+        PROJECT, "inference.py", "--checkpoint", dry_run / "model.pt", "--num", "4",
+        "--sampler", "ddim", "--steps", "3", "--class", "3", "--guidance", "2",
+        "--out", tmp_path / "grid.png", "--gif", tmp_path / "reverse.gif",
+    )  # fmt: skip
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    assert (tmp_path / "reverse.gif").stat().st_size > 0
+    assert "4 samples (ddim, 3 steps)" in result.stdout
+
+
+def test_resume_continues_from_the_checkpoint(dry_run):
+    result = run_script(PROJECT, "train.py", "--dry-run", "--out", dry_run, "--resume")
+    assert "resuming from step 3" in result.stdout
+
+
+def test_inference_on_a_missing_checkpoint_is_a_one_line_error(tmp_path):
+    result = run_script(
+        PROJECT, "inference.py", "--checkpoint", tmp_path / "none.pt", expect_code=2
+    )
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_inference_on_a_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = run_script(PROJECT, "inference.py", "--checkpoint", bad, expect_code=2)
+    assert "corrupt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_class_the_model_does_not_know_is_a_one_line_error(dry_run):
+    result = run_script(
+        PROJECT, "inference.py", "--checkpoint", dry_run / "model.pt", "--class", "10",
+        expect_code=2,
+    )  # fmt: skip
+    assert "--class 10 out of range" in result.stderr
+
+
+def test_impossible_training_flags_are_one_line_errors():
+    result = run_script(PROJECT, "train.py", "--sample-steps", "50", "--timesteps", "40",
+                        expect_code=2)  # fmt: skip
+    assert (
+        "--sample-steps 50 > --timesteps 40" in result.stderr and "Traceback" not in result.stderr
+    )

@@ -1,0 +1,125 @@
+"""The U-Net and its parts: shapes, the time embedding, attention against torch, learning."""
+
+import pytest
+import torch
+import torch.nn as nn
+from model import EMA, SelfAttention, UNet, UNetConfig, timestep_embedding
+
+from diffusion import GaussianDiffusion
+
+
+@pytest.mark.parametrize(
+    "image_size, channels, mults, attention, classes",
+    [(8, 1, (1, 2), (4,), 0), (16, 1, (1, 2, 2), (8, 4), 10), (32, 3, (1, 1, 2, 2), (8,), 3)],
+)
+def test_unet_output_has_the_input_shape_for_several_sizes(
+    image_size, channels, mults, attention, classes
+):
+    cfg = UNetConfig(
+        image_size=image_size,
+        in_channels=channels,
+        base_channels=8,
+        channel_mults=mults,
+        attention_resolutions=attention,
+        num_heads=2,
+        num_groups=4,
+        num_classes=classes,
+    )
+    model = UNet(cfg)
+    x = torch.randn(2, channels, image_size, image_size)
+    y = torch.tensor([0, -1]) if classes else None
+    assert model(x, torch.tensor([0, 999]), y).shape == x.shape
+
+
+def test_unet_rejects_a_size_that_does_not_halve_enough():
+    with pytest.raises(ValueError, match="does not halve"):
+        UNet(UNetConfig(image_size=12, channel_mults=(1, 2, 2, 2)))
+
+
+def test_time_embedding_is_distinct_for_every_step_and_follows_the_formula():
+    t = torch.arange(1000)
+    emb = timestep_embedding(t, 32).double()  # (1000, 32)
+    distances = torch.cdist(emb, emb) + torch.eye(1000) * 1e9
+    assert distances.min() > 1e-3  # no two steps share an embedding
+    # Hand-worked entries: column 0 is cos(t * 1), column 16 is sin(t * 1),
+    # column 1 is cos(t * 10000^(-1/16)).
+    assert torch.allclose(emb[:, 0], torch.cos(t.double()), atol=1e-6)
+    assert torch.allclose(emb[:, 16], torch.sin(t.double()), atol=1e-6)
+    assert torch.allclose(emb[:, 1], torch.cos(t.double() * 10000 ** (-1 / 16)), atol=1e-5)
+
+
+def test_self_attention_matches_torch_multihead_attention_forward_and_gradients():
+    torch.manual_seed(0)
+    C, heads = 8, 2
+    ours = SelfAttention(C, heads, groups=4).double()
+    reference = nn.MultiheadAttention(C, heads, batch_first=True).double()
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(ours.qkv.weight)  # rows: W_q, W_k, W_v stacked
+        reference.in_proj_bias.copy_(ours.qkv.bias)
+        reference.out_proj.weight.copy_(ours.proj.weight)
+        reference.out_proj.bias.copy_(ours.proj.bias)
+    x = torch.randn(3, C, 4, 4, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out = ours(x)
+
+    tokens = ours.norm(x_ref).flatten(2).transpose(1, 2)  # (B, N, C): the same GroupNorm
+    attended, _ = reference(tokens, tokens, tokens, need_weights=False)
+    expected = x_ref + attended.transpose(1, 2).reshape(x.shape)
+    assert torch.allclose(out, expected, atol=1e-12)
+
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    expected.backward(grad_out)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-12)
+    assert torch.allclose(ours.qkv.weight.grad, reference.in_proj_weight.grad, atol=1e-12)
+    assert torch.allclose(ours.proj.weight.grad, reference.out_proj.weight.grad, atol=1e-12)
+
+
+def test_class_label_changes_the_output_and_minus_one_means_no_class():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_heads=2,
+                            num_groups=4, num_classes=10))  # fmt: skip
+    with torch.no_grad():  # a fresh model's class embeddings are random, so labels matter
+        x, t = torch.randn(2, 1, 8, 8), torch.tensor([5, 5])
+        assert not torch.allclose(
+            model(x, t, torch.tensor([1, 1])), model(x, t, torch.tensor([2, 2]))
+        )
+        assert torch.equal(model(x, t, torch.tensor([-1, -1])), model(x, t, None))
+
+
+def test_a_training_step_on_a_fixed_batch_reduces_the_loss():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_heads=2,
+                            num_groups=4))  # fmt: skip
+    diffusion = GaussianDiffusion(T=100)
+    x0 = torch.rand(8, 1, 8, 8) * 2 - 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def loss_on_fixed_noise():  # the same t and eps every time, so only the weights change
+        return diffusion.loss(model, x0, generator=torch.Generator().manual_seed(1))
+
+    before = loss_on_fixed_noise()
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss_on_fixed_noise().backward()
+        optimizer.step()
+    assert loss_on_fixed_noise().item() < 0.9 * before.item()
+
+
+def test_ema_matches_torch_averaged_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    ema = EMA(model, decay=0.9)
+    reference = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
+    )
+    reference.update_parameters(model)  # its first update copies: the average starts at theta_0
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(5):
+        optimizer.zero_grad()
+        model(torch.randn(8, 3)).pow(2).mean().backward()
+        optimizer.step()
+        ema.update(model)
+        reference.update_parameters(model)
+    for name, value in reference.module.state_dict().items():
+        assert torch.allclose(ema.state_dict()[name].float(), value.float(), atol=1e-6), name
