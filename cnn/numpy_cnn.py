@@ -98,13 +98,17 @@ class Conv2D:
         self.cache = (cols, x_pad.shape, Ho, Wo)
         return y.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2)  # (N, F, Ho, Wo)
 
-    def backward(self, dout):  # dout: (N, F, Ho, Wo)
+    def backward(self, dout, input_grad=True):  # dout: (N, F, Ho, Wo)
+        """input_grad=False (a first layer, whose input is the images) stops after the
+        parameter gradients and returns None: autograd skips that product the same way."""
         cols, x_pad_shape, Ho, Wo = self.cache
         W, P = self.params["W"], self.pad
         F, C, HH, WW = W.shape
         dy = dout.transpose(0, 2, 3, 1).reshape(-1, F)  # (N*Ho*Wo, F)
         self.grads["W"][...] = (dy.T @ cols).reshape(W.shape)  # dL/dW = dY^T cols
         self.grads["b"][...] = dy.sum(axis=0)  # dL/db = sum over N, Ho, Wo
+        if not input_grad:
+            return None
         dcols = dy @ W.reshape(F, -1)  # dL/dcols = dY W, (N*Ho*Wo, C*HH*WW)
         dx_pad = col2im(dcols, x_pad_shape, HH, WW, self.stride, Ho, Wo)
         H, Wd = x_pad_shape[2] - 2 * P, x_pad_shape[3] - 2 * P
@@ -381,10 +385,13 @@ class NumpyCNN:
             x = layer.forward(x)
         return x
 
-    def backward(self, dlogits):
-        for layer in reversed(self.layers):
+    def backward(self, dlogits, input_grad=True):
+        """Gradients of every parameter; returns dL/dx, or None with input_grad=False (training
+        never uses the images' gradient, and the first layer's col2im is the costliest step)."""
+        first, *rest = self.layers
+        for layer in reversed(rest):
             dlogits = layer.backward(dlogits)
-        return dlogits
+        return first.backward(dlogits, input_grad=input_grad)
 
     def parameters(self):
         """{'3.W': (param, grad), ...}: layer index and name, for optimizers and checkpoints."""

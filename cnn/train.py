@@ -115,7 +115,7 @@ class NumpyLearner:
         self.opt.lr = lr
         logits = self.model.forward(x)
         loss, dlogits = self.loss_fn(logits, y)
-        self.model.backward(dlogits)
+        self.model.backward(dlogits, input_grad=False)
         self.opt.step()
         return float(loss), logits.argmax(axis=1)
 

@@ -232,6 +232,19 @@ def test_whole_numpy_cnn_gradient_matches_finite_differences():
     assert np.allclose(dW, numeric_gradient(loss, W, 1.0), atol=1e-7)
 
 
+def test_skipping_the_input_gradient_leaves_the_parameter_gradients_unchanged():
+    rng = np.random.default_rng(12)
+    cfg = NumpyCNNConfig(image_size=8, channels=(2, 3), hidden=5, num_classes=3, dropout=0.0)
+    model = NumpyCNN(cfg, rng, dtype=F64)
+    x, y = rng.standard_normal((4, 1, 8, 8)), np.array([0, 1, 2, 1])
+    _, dlogits = softmax_cross_entropy(model.forward(x), y)
+    assert model.backward(dlogits) is not None
+    full = {k: g.copy() for k, (_, g) in model.parameters().items()}
+    assert model.backward(dlogits, input_grad=False) is None
+    for name, (_, grad) in model.parameters().items():
+        assert np.array_equal(grad, full[name]), name
+
+
 def test_a_few_adam_steps_reduce_the_numpy_cnn_loss():
     rng = np.random.default_rng(11)
     # No dropout and no batch norm: the same loss function at every step and at the end.
