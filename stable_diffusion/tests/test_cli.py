@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -102,18 +101,15 @@ def test_bad_prompts_and_files_get_one_line_errors(trained, args, message):
     assert message in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_the_notebook_executes(trained):
+def test_the_notebook_executes(trained, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(PROJECT / "sample_stable_diffusion.ipynb", as_version=4)
-    os.environ["SD_CHECKPOINT"] = str(trained / "model.pt")
-    os.environ["MPLBACKEND"] = "Agg"
-    try:
-        nbclient.NotebookClient(
-            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": PROJECT}}
-        ).execute()
-    finally:
-        del os.environ["SD_CHECKPOINT"]
+    monkeypatch.setenv("SD_CHECKPOINT", str(trained / "model.pt"))  # the kernel inherits these
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": PROJECT}}
+    ).execute()
     outputs = "".join(
         o.get("text", "")
         for cell in notebook.cells
