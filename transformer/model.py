@@ -409,9 +409,12 @@ class Seq2SeqTransformer(nn.Module):
     def beam_search(self, src, beam_size: int, max_len: int, length_penalty: float = 0.6):
         """The beam_size most likely prefixes are kept each step (one source sentence, src (1, S)).
 
-        A hypothesis that emits eos leaves the beam finished, so the beam shrinks; the best
-        finished one by log p / lp(len), lp = ((5 + len) / 6)^alpha (Wu et al., 2016), wins.
-        With beam_size 1 this is exactly greedy decoding. Returns the token list (eos included).
+        Each step extends every alive hypothesis by every token and keeps the `width` best
+        sums of log-probabilities. A hypothesis that emits eos leaves the beam finished and the
+        width shrinks by one, so decoding ends with beam_size finished hypotheses (or at
+        max_len); the best by log p / lp(len), lp = ((5 + len) / 6)^alpha (Wu et al., 2016),
+        wins. With beam_size 1 this is exactly greedy decoding. Returns the token list (eos
+        included).
         """
         assert src.size(0) == 1, "beam search decodes one sentence at a time"
         memory, src_mask, _ = self.encode(src)
@@ -419,6 +422,7 @@ class Seq2SeqTransformer(nn.Module):
         sequences = [[self.bos_id]]  # the alive hypotheses, K of them
         scores = torch.zeros(1, device=src.device)  # (K,) summed log-probabilities
         finished: list[tuple[float, list[int]]] = []
+        width = beam_size  # hypotheses still to be found
         for t in range(max_len):
             K = len(sequences)
             last = torch.tensor([[s[-1]] for s in sequences], device=src.device)  # (K, 1)
@@ -426,7 +430,7 @@ class Seq2SeqTransformer(nn.Module):
                 last, memory.expand(K, -1, -1), src_mask.expand(K, -1, -1, -1), caches, t
             )
             total = scores[:, None] + logits.log_softmax(dim=-1)  # (K, V)
-            top_scores, top_index = total.flatten().topk(K)  # the K best continuations
+            top_scores, top_index = total.flatten().topk(min(width, total.numel()))
             beam, token = top_index // total.size(1), top_index % total.size(1)
             keep = []
             for score, b, tok in zip(top_scores.tolist(), beam.tolist(), token.tolist()):
@@ -434,6 +438,7 @@ class Seq2SeqTransformer(nn.Module):
                 if tok == self.eos_id or t == max_len - 1:
                     lp = ((5 + len(sequence) - 1) / 6) ** length_penalty
                     finished.append((score / lp, sequence[1:]))
+                    width -= 1
                 else:
                     keep.append((score, b, sequence))
             if not keep:

@@ -1,5 +1,6 @@
 """Masks hide what they must, the KV cache changes nothing, beam 1 is greedy, the schedule fits."""
 
+import itertools
 import math
 
 import torch
@@ -65,18 +66,42 @@ def test_beam_of_size_one_equals_greedy_decoding():
         assert model.beam_search(src, beam_size=1, max_len=25) == greedy
 
 
-def test_wider_beam_finds_a_sequence_at_least_as_likely_as_greedy():
-    model = trained_looking_model(seed=4)
+def _log_prob(model, src, tokens):
+    """log p(tokens | src), summed over the tokens (teacher forcing from bos)."""
+    tgt_in = torch.tensor([[model.bos_id, *tokens[:-1]]])
+    logits, _ = model(src, tgt_in)
+    return logits.log_softmax(-1)[0, range(len(tokens)), tokens].sum().item()
+
+
+def test_an_unbounded_beam_is_exhaustive_search():
+    """With a width above the number of prefixes, beam search keeps every one of them, so it
+    must return the single most likely of all sequences up to max_len (ended by eos or cut).
+    Seed 7 is a model whose greedy path is not that sequence, so greedy cannot pass for it."""
+    model = trained_looking_model(seed=7)
     src = torch.tensor([[5, 6, 7, 8]])
+    V, max_len = model.cfg.vocab_size, 3
+    candidates = []
+    for length in range(1, max_len + 1):
+        for tokens in itertools.product(range(V), repeat=length):
+            ends = tokens[-1] == model.eos_id or length == max_len
+            if ends and model.eos_id not in tokens[:-1]:
+                candidates.append(list(tokens))
+    best = max(candidates, key=lambda tokens: _log_prob(model, src, tokens))
+    found = model.beam_search(src, beam_size=V**max_len, max_len=max_len, length_penalty=0.0)
+    assert found == best
+    greedy = model.beam_search(src, beam_size=1, max_len=max_len, length_penalty=0.0)
+    assert _log_prob(model, src, greedy) < _log_prob(model, src, best)
 
-    def log_prob(tokens):
-        tgt_in = torch.tensor([[model.bos_id, *tokens[:-1]]])
-        logits, _ = model(src, tgt_in)
-        return logits.log_softmax(-1)[0, range(len(tokens)), tokens].sum().item()
 
-    greedy = model.beam_search(src, beam_size=1, max_len=12, length_penalty=0.0)
-    beam = model.beam_search(src, beam_size=5, max_len=12, length_penalty=0.0)
-    assert log_prob(beam) >= log_prob(greedy) - 1e-9
+def test_a_wider_beam_is_never_less_likely_than_greedy_and_sometimes_more():
+    gains = []
+    for seed in range(4):
+        model = trained_looking_model(seed=seed)
+        src = torch.tensor([[5, 6, 7, 8]])
+        greedy = model.beam_search(src, beam_size=1, max_len=12, length_penalty=0.0)
+        beam = model.beam_search(src, beam_size=5, max_len=12, length_penalty=0.0)
+        gains.append(_log_prob(model, src, beam) - _log_prob(model, src, greedy))
+    assert min(gains) >= -1e-9 and max(gains) > 1e-6
 
 
 def test_warm_up_schedule_matches_its_formula():
