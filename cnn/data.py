@@ -52,8 +52,12 @@ def load_image_dir(root: str | Path, size: int, seed: int = 0, test_fraction: fl
     modes = set()
     for group in files:
         for f in group:
-            with Image.open(f) as img:
-                modes.add(img.mode)
+            try:
+                with Image.open(f) as img:
+                    modes.add(img.mode)
+            except (UnidentifiedImageError, OSError) as err:
+                kind = type(err).__name__
+                raise DataError(f"{f} is not an image PIL can read ({kind})") from None
     channels = 1 if modes <= {"L", "1", "I;16", "I"} else 3
     rng = np.random.default_rng(seed)
     parts = {"train": ([], []), "test": ([], [])}

@@ -141,6 +141,12 @@ class NumpyLearner:
         problems = self.model.load_state_dict(arrays)
         if problems:
             raise UserError(f"checkpoint {path} does not fit the model: {', '.join(problems[:3])}")
+        missing = [k for k in self.opt.state if f"opt.{k}" not in arrays]
+        if missing:
+            raise UserError(
+                f"checkpoint {path} holds no {type(self.opt).__name__} state: "
+                "resume with the --optimizer it was trained with"
+            )
         for k, v in self.opt.state.items():
             v[...] = arrays[f"opt.{k}"]
         if hasattr(self.opt, "t"):

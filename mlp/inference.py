@@ -32,11 +32,13 @@ class InferenceConfig:
 
 
 def read_csv(path: str, n_features: int) -> np.ndarray:
+    if not Path(path).is_file():
+        raise DataError(f"CSV file {path} does not exist (or is not a file)")
+    if not Path(path).read_text(errors="replace").strip():
+        raise DataError(f"CSV file {path} holds no points")
     try:
         rows = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
-    except FileNotFoundError:
-        raise DataError(f"CSV file {path} does not exist") from None
-    except ValueError as err:
+    except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"CSV file {path} must hold only numbers ({err})") from None
     if rows.shape[1] != n_features:
         raise DataError(

@@ -372,7 +372,8 @@ class CharRNN:
         logits, _, state = self.forward(np.asarray(prefix)[None, :], state=state)
         out = []
         for _ in range(n):
-            scaled = logits[0, -1].astype(np.float64) / temperature  # (V,)
+            z = logits[0, -1].astype(np.float64)  # (V,)
+            scaled = (z - z.max()) / temperature  # shift first: a tiny temperature cannot overflow
             if 0 < top_k < len(scaled):
                 cutoff = np.partition(scaled, -top_k)[-top_k]
                 scaled = np.where(scaled < cutoff, -np.inf, scaled)

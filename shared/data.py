@@ -398,7 +398,11 @@ def load_names(path: str | os.PathLike | None = None, data_dir=None) -> list[str
     path = Path(path)
     if not path.is_file():
         raise DataError(f"names file {path} does not exist")
-    names = [line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"names file {path} is not UTF-8 text") from None
+    names = [line.strip().lower() for line in text.splitlines()]
     names = [name for name in names if name]
     if not names:
         raise DataError(f"names file {path} has no names")

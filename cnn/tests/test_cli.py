@@ -68,6 +68,10 @@ def test_training_on_a_folder_of_images_finds_its_classes(tmp_path):
     run_script(PROJECT, "train.py", "--dry-run", "--image-dir", tmp_path / "pics", "--out", out)
     result = run_script(PROJECT, "inference.py", "--checkpoint", out / "model.npz")
     assert "(true: dark)" in result.stdout or "(true: light)" in result.stdout
+    (tmp_path / "pics" / "dark" / "broken.png").write_bytes(b"not a picture")
+    args = ("--dry-run", "--image-dir", tmp_path / "pics", "--out", tmp_path / "run2")
+    result = run_script(PROJECT, "train.py", *args, expect_code=2)
+    assert "broken.png is not an image" in result.stderr and result.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize(

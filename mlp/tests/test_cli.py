@@ -38,7 +38,10 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     ckpt = tmp_path / "model.npz"
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(b"not a checkpoint")
+    (tmp_path / "empty.csv").write_text("")
     cases = {
+        "is not a file": ("--checkpoint", ckpt, "--csv", tmp_path),
+        "holds no points": ("--checkpoint", ckpt, "--csv", tmp_path / "empty.csv"),
         "does not exist": ("--checkpoint", tmp_path / "missing.npz"),
         "truncated or corrupt": ("--checkpoint", corrupt),
         "takes 2 per point": ("--checkpoint", ckpt, "1", "2", "3"),

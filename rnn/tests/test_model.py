@@ -246,3 +246,5 @@ def test_sampling_is_reproducible_by_seed_and_respects_top_k():
         token = [int(logits[0, -1].argmax())]
         expected.append(token[0])
     assert greedy == expected
+    # a vanishing temperature is the argmax too, not an overflow
+    assert model.generate([1, 2], 20, np.random.default_rng(13), temperature=1e-300) == expected

@@ -160,6 +160,9 @@ def test_failed_download_names_the_file_to_place(tmp_path):
 def test_names_are_lowercased_nonempty_lines(tmp_path):
     (tmp_path / "names.txt").write_text("Emma\n\nOlivia\nava")
     assert load_names(tmp_path / "names.txt") == ["emma", "olivia", "ava"]
+    (tmp_path / "latin1.txt").write_bytes("Zo\xeb\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_names(tmp_path / "latin1.txt")
 
 
 @pytest.mark.parametrize("name", TOY_DATASETS)
