@@ -26,7 +26,7 @@ from model import ARCHS, LIKELIHOODS, VAE, VAEConfig, gaussian_kl
 
 from shared.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from shared.cli import RunConfig, arg, cli_main
-from shared.errors import UserError
+from shared.errors import CheckpointError, UserError
 from shared.logging import progress, start_run
 from shared.plots import images_to_grid, plot_curves, save_figure, save_image
 from shared.runtime import get_device, seed_everything, set_threads
@@ -123,6 +123,13 @@ def fit(model, data, cfg: TrainConfig, path: Path, run, name: str, data_info: di
             required=("model", "optimizer", "epoch", "history", "rng_state"),
             map_location=x_train.device,
         )
+        saved = ckpt.get("config", {})
+        changed = sorted(k for k, v in asdict(model.cfg).items() if saved.get(k) != v)
+        if changed:  # same shapes but another objective (e.g. --beta) would train on silently
+            raise CheckpointError(
+                f"checkpoint {path} was trained with other settings ({', '.join(changed)}); "
+                "resume with the flags it was started with"
+            )
         load_model_state(model, ckpt["model"], path)
         optimizer.load_state_dict(ckpt["optimizer"])
         start, history = ckpt["epoch"], ckpt["history"]

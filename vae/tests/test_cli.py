@@ -135,6 +135,9 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert resumed["epoch"] == 3 and resumed["history"]["epoch"] == [2, 3]  # evaluated at each end
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+    other_beta = ("--beta", "4", "--epochs", "4", "--resume", "--out", tmp_path / "resumed")
+    result = run_script(PROJECT, "train.py", *tiny, *other_beta, expect_code=2)
+    assert "other settings (beta)" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_a_missing_checkpoint_is_a_one_line_error(tmp_path):
