@@ -51,7 +51,18 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
 
 
 class GaussianDiffusion:
-    """The schedule's constants, and every formula that uses them (all in float64, on `device`)."""
+    """The schedule's constants, and every formula that uses them.
+
+    The constants are computed and kept in float64 on the CPU (the attributes below, exact
+    enough to compare with a reference step for step). The formulas read them through `_at`,
+    which takes copies in the input's dtype and on its device, made once and cached: float32
+    for a float32 model on any device (MPS has no float64), float64 for float64 inputs.
+    """
+
+    TABLES = (
+        "betas", "alphas", "alpha_bar", "alpha_bar_prev",
+        "posterior_variance", "posterior_coef_x0", "posterior_coef_xt",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -66,7 +77,7 @@ class GaussianDiffusion:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.T, self.schedule, self.prediction = T, schedule, prediction
         betas = linear_betas(T) if schedule == "linear" else cosine_betas(T)
-        self.betas = betas.to(device)  # (T,)
+        self.betas = betas  # (T,), float64 on the CPU like every constant below
         self.alphas = 1 - self.betas
         self.alpha_bar = torch.cumprod(self.alphas, dim=0)
         self.alpha_bar_prev = F.pad(self.alpha_bar[:-1], (1, 0), value=1.0)  # alpha_bar_{t-1}
@@ -78,35 +89,44 @@ class GaussianDiffusion:
         self.posterior_coef_xt = (
             (1 - self.alpha_bar_prev) * self.alphas.sqrt() / (1 - self.alpha_bar)
         )
+        self._copies: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        like = torch.empty(0, device=device)  # float32 copies on `device`, ready for training
+        for name in self.TABLES:
+            self._table(name, like)
 
-    @staticmethod
-    def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """values[t] shaped (B, 1, 1, 1) to broadcast against x, in x's dtype."""
-        return values[t].to(x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    def _table(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """The constant `name` in x's dtype, on x's device (cast on the CPU first: MPS has no
+        float64)."""
+        key = (name, x.device, x.dtype)
+        if key not in self._copies:
+            self._copies[key] = getattr(self, name).to(x.dtype).to(x.device)
+        return self._copies[key]
+
+    def _at(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The constant `name` at steps t, shaped (B, 1, 1, 1) to broadcast against x, in x's
+        dtype and on x's device."""
+        return self._table(name, x)[t.to(x.device)].view(-1, *([1] * (x.ndim - 1)))
 
     # ---------------------------------------------------------------- forward process
 
     def q_sample(self, x0, t, noise):
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, a sample of q(x_t | x_0)."""
-        a = self._at(self.alpha_bar, t, x0)
+        a = self._at("alpha_bar", t, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def q_posterior(self, x0, xt, t):
         """Mean and variance of q(x_{t-1} | x_t, x_0) (DDPM eq. 7)."""
-        mean = (
-            self._at(self.posterior_coef_x0, t, x0) * x0
-            + self._at(self.posterior_coef_xt, t, xt) * xt
-        )
-        return mean, self._at(self.posterior_variance, t, xt)
+        mean = self._at("posterior_coef_x0", t, x0) * x0 + self._at("posterior_coef_xt", t, xt) * xt
+        return mean, self._at("posterior_variance", t, xt)
 
     def velocity(self, x0, t, noise):
         """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022)."""
-        a = self._at(self.alpha_bar, t, x0)
+        a = self._at("alpha_bar", t, x0)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
     def predict_x0_eps(self, model_output, xt, t):
         """The network's output turned into estimates of (x_0, eps)."""
-        a = self._at(self.alpha_bar, t, xt)
+        a = self._at("alpha_bar", t, xt)
         if self.prediction == "eps":
             eps = model_output
             x0 = (xt - (1 - a).sqrt() * eps) / a.sqrt()  # invert x_t = sqrt(a) x_0 + sqrt(1-a) eps
@@ -143,7 +163,7 @@ class GaussianDiffusion:
         mean, posterior_var = self.q_posterior(x0, xt, tt)
         if t == 0:
             return mean
-        var = posterior_var if variance == "fixed_small" else self._at(self.betas, tt, xt)
+        var = posterior_var if variance == "fixed_small" else self._at("betas", tt, xt)
         return mean + var.sqrt() * noise
 
     def ddim_timesteps(self, steps: int) -> list[int]:
@@ -159,15 +179,18 @@ class GaussianDiffusion:
         sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev).
         eta = 0 is a deterministic map (an ODE solver); eta = 1 with every step is DDPM.
         """
+        if not 0 <= eta <= 1:  # beyond 1, sigma^2 > 1 - a_prev and the direction's root is NaN
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
         tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
         x0, eps = self.predict_x0_eps(model_output, xt, tt)
         if clip:
             x0 = x0.clamp(-1, 1)
-        a_t = self.alpha_bar[t]
-        a_prev = self.alpha_bar[t_prev] if t_prev >= 0 else torch.ones_like(a_t)
-        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
-        direction = (1 - a_prev - sigma**2).sqrt() * eps  # "direction pointing to x_t"
-        x_prev = a_prev.sqrt() * x0 + direction
+        a_t = self.alpha_bar[t].item()  # Python floats: float64 arithmetic on any device
+        a_prev = self.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        # 1 - a_prev - sigma^2 >= 0 for eta <= 1; max() only absorbs rounding at eta = 1.
+        direction = math.sqrt(max(0.0, 1 - a_prev - sigma**2)) * eps  # "pointing to x_t"
+        x_prev = math.sqrt(a_prev) * x0 + direction
         if eta > 0:
             x_prev = x_prev + sigma * noise
         return x_prev.to(xt.dtype)
@@ -232,13 +255,13 @@ class GaussianDiffusion:
         """
         timesteps = self.ddim_timesteps(steps)[::-1]  # increasing
         x = x0
-        a_prev = torch.ones((), dtype=torch.float64, device=x0.device)
+        a_prev = 1.0  # alpha_bar_{-1}: clean data
         for t in timesteps:
             tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
             eps = self._eps(model(x, tt, y), x, tt)
-            x0_hat = (x - (1 - a_prev).sqrt() * eps) / a_prev.sqrt()
-            a_t = self.alpha_bar[t]
-            x = (a_t.sqrt() * x0_hat + (1 - a_t).sqrt() * eps).to(x.dtype)
+            x0_hat = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+            a_t = self.alpha_bar[t].item()
+            x = (math.sqrt(a_t) * x0_hat + math.sqrt(1 - a_t) * eps).to(x.dtype)
             a_prev = a_t
         return x
 

@@ -33,7 +33,7 @@ class InferenceConfig:
     num: int = arg(64, "number of images", min=1)
     sampler: str = arg("ddim", "DDIM, or ancestral DDPM (all T steps)", choices=("ddpm", "ddim"))
     steps: int = arg(50, "DDIM steps", min=1)
-    eta: float = arg(0.0, "DDIM noise: 0 deterministic, 1 DDPM-like", min=0)
+    eta: float = arg(0.0, "DDIM noise: 0 deterministic, 1 DDPM-like", min=0, max=1)
     variance: str = arg("fixed_small", "DDPM reverse variance", choices=VARIANCES)
     clip: bool = arg(True, "clip every x_0 estimate to [-1, 1] (on; --no-clip turns it off)")
     class_: int = arg(-1, "generate this class (-1: unconditional)", min=-1)

@@ -43,8 +43,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     emb(t)_i = cos(t * w_i) for i < dim/2 and sin(t * w_(i - dim/2)) after, w_i = P^(-i / (dim/2)).
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
-    args = t.to(torch.float64)[:, None] * freqs[None, :]  # (B, dim/2)
+    dtype = torch.float32 if t.device.type == "mps" else torch.float64  # MPS has no float64
+    i = torch.arange(half, dtype=dtype, device=t.device)  # on t's device, like everything here
+    freqs = torch.exp(-math.log(max_period) * i / half)  # w_i
+    args = t.to(dtype)[:, None] * freqs[None, :]  # (B, dim/2)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (B, dim)
     if dim % 2:
         emb = F.pad(emb, (0, 1))

@@ -75,10 +75,12 @@ class TrainConfig(RunConfig):
     # Sampling for the evaluation and the figures
     sampler: str = arg("ddim", "sampler for evaluation and figures", choices=("ddpm", "ddim"))
     sample_steps: int = arg(25, "DDIM steps (ddpm always takes all T)", min=1)
-    eta: float = arg(0.0, "DDIM noise: 0 deterministic, 1 DDPM-like", min=0)
+    eta: float = arg(0.0, "DDIM noise: 0 deterministic, 1 DDPM-like", min=0, max=1)
     variance: str = arg("fixed_small", "DDPM reverse variance", choices=VARIANCES)
     guidance: float = arg(1.0, "classifier-free guidance weight w for the class samples", min=0)
-    eval_samples: int = arg(400, "samples scored by the digit classifier", min=2)
+    eval_samples: int = arg(
+        400, "samples scored by the digit classifier (at least one per class)", min=10
+    )
 
     def check(self):
         if self.dataset == "folder" and not self.folder:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared.testing import run_script
 
@@ -64,9 +65,31 @@ def test_a_class_the_model_does_not_know_is_a_one_line_error(dry_run):
     assert "--class 10 out of range" in result.stderr
 
 
-def test_impossible_training_flags_are_one_line_errors():
-    result = run_script(PROJECT, "train.py", "--sample-steps", "50", "--timesteps", "40",
-                        expect_code=2)  # fmt: skip
-    assert (
-        "--sample-steps 50 > --timesteps 40" in result.stderr and "Traceback" not in result.stderr
-    )
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--sample-steps", "50", "--timesteps", "40"), "--sample-steps 50 > --timesteps 40"),
+        (("--eval-samples", "5"), "--eval-samples must be >= 10"),  # fewer than one per class
+        (("--eta", "1.5"), "--eta must be <= 1"),  # sigma^2 > 1 - alpha_bar_prev: NaN samples
+    ],
+)
+def test_impossible_training_flags_are_one_line_errors(flags, message):
+    result = run_script(PROJECT, "train.py", *flags, expect_code=2)
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_eta_above_one_in_inference_is_a_one_line_error():
+    result = run_script(PROJECT, "inference.py", "--eta", "1.5", expect_code=2)
+    assert "--eta must be <= 1" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dry_run_and_inference_on_cuda(tmp_path):
+    run_script(PROJECT, "train.py", "--dry-run", "--device", "cuda", "--out", tmp_path)
+    result = run_script(
+        PROJECT, "inference.py", "--checkpoint", tmp_path / "model.pt", "--device", "cuda",
+        "--num", "4", "--steps", "3", "--class", "3", "--guidance", "2", "--eta", "1",
+        "--out", tmp_path / "grid.png", "--gif", tmp_path / "reverse.gif",
+    )  # fmt: skip
+    assert "4 samples (ddim, 3 steps)" in result.stdout
+    assert (tmp_path / "grid.png").stat().st_size > 0

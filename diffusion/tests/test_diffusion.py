@@ -173,3 +173,20 @@ def test_velocity_prediction_recovers_x0_and_eps_exactly():
     x0_hat, eps_hat = diffusion.predict_x0_eps(diffusion.velocity(x0, t, eps), xt, t)
     assert torch.allclose(x0_hat, x0, atol=1e-10)
     assert torch.allclose(eps_hat, eps, atol=1e-10)
+
+
+def test_constants_stay_float64_and_follow_the_input_dtype():
+    diffusion = GaussianDiffusion(T=100)
+    assert diffusion.alpha_bar.dtype == torch.float64 and diffusion.alpha_bar.device.type == "cpu"
+    t = torch.tensor([0, 50, 99])
+    for dtype in (torch.float32, torch.float64):
+        a = diffusion._at("alpha_bar", t, torch.zeros(3, 1, 2, 2, dtype=dtype))
+        assert a.dtype == dtype and a.shape == (3, 1, 1, 1)
+        assert torch.equal(a.flatten(), diffusion.alpha_bar[t].to(dtype))
+
+
+def test_ddim_refuses_an_eta_above_one():
+    diffusion = GaussianDiffusion(T=50)
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match="eta"):
+        diffusion.ddim_step(x, x, 40, 20, torch.zeros_like(x), eta=1.5)
