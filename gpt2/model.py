@@ -279,16 +279,21 @@ CONV1D_WEIGHTS = (
 )
 
 
-def config_from_hf(hf_config: dict, **overrides) -> GPTConfig:
+def config_from_hf(hf_config: dict, source: str = "config.json", **overrides) -> GPTConfig:
     """Our GPTConfig from the fields of a Hugging Face GPT2Config (config.json)."""
-    return GPTConfig(
-        vocab_size=hf_config["vocab_size"],
-        block_size=hf_config["n_positions"],
-        n_layer=hf_config["n_layer"],
-        n_head=hf_config["n_head"],
-        n_embd=hf_config["n_embd"],
-        **overrides,
-    )
+    try:
+        return GPTConfig(
+            vocab_size=hf_config["vocab_size"],
+            block_size=hf_config["n_positions"],
+            n_layer=hf_config["n_layer"],
+            n_head=hf_config["n_head"],
+            n_embd=hf_config["n_embd"],
+            **overrides,
+        )
+    except KeyError as err:  # the config of another architecture, e.g. "max_position_embeddings"
+        raise CheckpointError(
+            f"{source} has no {err.args[0]!r} (expected the config of a Hugging Face GPT-2 model)"
+        ) from None
 
 
 def load_hf_state_dict(model: GPT, hf_state: dict[str, torch.Tensor], source: str = "") -> None:
@@ -355,7 +360,11 @@ def from_pretrained(folder: str | Path, **overrides) -> GPT:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json (expected a Hugging Face GPT-2 folder)")
-    config = config_from_hf(json.loads((folder / "config.json").read_text()), **overrides)
+    try:
+        hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {folder / 'config.json'}: {err}") from None
+    config = config_from_hf(hf_config, str(folder / "config.json"), **overrides)
     if (folder / "model.safetensors").is_file():
         state = read_safetensors(folder / "model.safetensors")
     elif (folder / "pytorch_model.bin").is_file():

@@ -135,11 +135,23 @@ class BPETokenizer:
             vocab[i] = text.encode("utf-8") if text in special else bytes(byte_of[c] for c in text)
         token_id = {token: i for i, token in enumerate(vocab)}
         merges = []
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
             if line.startswith("#version") or not line.strip():
                 continue
-            left, right = (bytes(byte_of[c] for c in part) for part in line.split())
-            merges.append((token_id[left], token_id[right]))
+            parts = line.split()
+            if len(parts) != 2:
+                raise DataError(
+                    f"{merges_path} line {number}: expected two tokens, not {len(parts)}: {line!r}"
+                )
+            try:  # the two tokens and the one they merge into must all be in the vocabulary
+                left, right, _ = (
+                    token_id[bytes(byte_of[c] for c in part)] for part in (*parts, "".join(parts))
+                )
+            except KeyError:
+                raise DataError(
+                    f"{merges_path} line {number}: {line!r} names a token not in {encoder_path}"
+                ) from None
+            merges.append((left, right))
         return cls(vocab, merges, special)
 
     def encode_chunk(self, chunk: str) -> list[int]:

@@ -207,13 +207,9 @@ def main(cfg: TrainConfig) -> dict:
                     f"checkpoint {checkpoint_path} was trained with {flag} "
                     f"{ckpt['train_config'][name]}, not {getattr(cfg, name)}"
                 )
-    run = start_run("gpt2 language model", cfg, PROJECT_DIR, is_main=dist.is_main)
-    checkpoint_path = run.path / CHECKPOINT
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
 
     # 1. Text and tokens. The checkpoint's tokenizer when resuming, else one fit to the text.
+    # Read before the run folder is made: a missing or short text must not repoint runs/latest.
     text = load_text(cfg.dataset, cfg.data_dir)
     if cfg.dry_run:
         text = text[:20_000]
@@ -231,6 +227,12 @@ def main(cfg: TrainConfig) -> dict:
             f"{cfg.dataset}: the validation tenth has {len(val_ids)} tokens, "
             f"fewer than --block-size {cfg.block_size} + 2; use more text or a smaller block"
         )
+
+    run = start_run("gpt2 language model", cfg, PROJECT_DIR, is_main=dist.is_main)
+    checkpoint_path = run.path / CHECKPOINT
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
 
     # 2. The model and its optimizer.
     model_config = GPTConfig(

@@ -109,6 +109,16 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
         inference.main(cfg)
 
 
+def test_a_missing_dataset_gets_a_one_line_error_and_no_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = run_script(
+        PROJECT, "train.py", "--dataset", tmp_path / "typo.txt", "--out", out, expect_code=2
+    )
+    assert "typo.txt does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # nor is runs/latest repointed: start_run never ran
+
+
 def test_impossible_model_shapes_are_refused_before_training():
     import train
 
@@ -148,3 +158,14 @@ def test_inference_samples_from_a_hugging_face_gpt2_folder(tmp_path):
     cfg = inference.SampleConfig(pretrained=str(tmp_path), prompt=" the", max_new_tokens=5)
     samples = inference.main(cfg)
     assert len(samples) == 2 and all(s.startswith(" the") for s in samples)
+
+
+def test_a_hugging_face_folder_of_another_model_gets_a_one_line_error(tmp_path):
+    # e.g. a Llama config: "max_position_embeddings", not GPT-2's "n_positions".
+    config = {"vocab_size": 8, "max_position_embeddings": 16, "num_hidden_layers": 1}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "vocab.json").write_text(json.dumps({"t": 0, "<|endoftext|>": 1}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    result = run_script(PROJECT, "inference.py", "--pretrained", tmp_path, expect_code=2)
+    assert "config.json has no 'n_positions'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -10,7 +10,7 @@ from tokenizer import (
     tokenizer_from_state,
 )
 
-from shared.errors import UserError
+from shared.errors import DataError, UserError
 
 CORPUS = "the cat sat on the mat. The hat! 12 cats, 345 hats; naïve café 東京\n\n  indented\tlines"
 
@@ -73,6 +73,24 @@ def test_gpt2_format_files_give_the_hand_checked_tokens(tmp_path):
     assert tok.encode(" teh") == [4, 2, 1]  # "Ġ t" applies, "h e" is not adjacent in "eh"
     assert tok.encode("<|endoftext|> the") == [7, 6]
     assert tok.decode([6, 7, 0]) == " the<|endoftext|>t"
+
+
+@pytest.mark.parametrize(
+    "merges, message",
+    [
+        (
+            "#version: 0.2\nĠ t\nh x\n",
+            r"vocab.bpe line 3: 'h x' names a token not in .*encoder.json",
+        ),
+        ("#version: 0.2\nt t\n", r"vocab.bpe line 2: 't t' names a token not in"),  # "tt"
+        ("#version: 0.2\nĠ t he\n", r"vocab.bpe line 2: expected two tokens, not 3"),
+    ],
+)
+def test_gpt2_merges_with_a_bad_line_name_the_file_and_line(tmp_path, merges, message):
+    write_gpt2_files(tmp_path)
+    (tmp_path / "vocab.bpe").write_text(merges)
+    with pytest.raises(DataError, match=message):
+        BPETokenizer.from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
 
 
 def test_bytes_to_unicode_is_gpt2s_printable_table():
