@@ -33,7 +33,7 @@ from model import Seq2SeqTransformer, TransformerClassifier, TransformerConfig
 from shared.checkpoint import atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
 from shared.cli import RunConfig, arg, cli_main
 from shared.errors import CheckpointError, UserError
-from shared.logging import progress, read_log, start_run
+from shared.logging import latest_run, progress, read_log, start_run
 from shared.plots import plot_curves, save_figure
 from shared.runtime import get_device, seed_everything, set_threads
 
@@ -326,6 +326,17 @@ def main(cfg: TrainConfig) -> dict:
     test = test[: cfg.eval_size]
     vocab = CharVocab.build(texts)
     task = "transformer translation" if cfg.task == "translate" else "transformer classification"
+    ckpt = None
+    if cfg.resume:  # the checkpoint before the run folder: a mismatch must not touch it
+        checkpoint_path = (Path(cfg.out) if cfg.out else latest_run(PROJECT_DIR)) / CHECKPOINT
+        ckpt = load_checkpoint(checkpoint_path, required=("model", "optimizer", "step"))
+        for name in MUST_MATCH_ON_RESUME:
+            if ckpt["train_config"][name] != getattr(cfg, name):
+                flag = "--" + name.replace("_", "-")
+                raise CheckpointError(
+                    f"checkpoint {checkpoint_path} was trained with {flag} "
+                    f"{ckpt['train_config'][name]!r}, not {getattr(cfg, name)!r}"
+                )
     run = start_run(task, cfg, PROJECT_DIR)
     checkpoint_path = run.path / CHECKPOINT
 
@@ -357,15 +368,7 @@ def main(cfg: TrainConfig) -> dict:
     # steps at a still-high learning rate.
     average, n_averaged = {k: v.detach().clone() for k, v in model.state_dict().items()}, 0
     start_step = 0
-    if cfg.resume:
-        ckpt = load_checkpoint(checkpoint_path, required=("model", "optimizer", "step"))
-        for name in MUST_MATCH_ON_RESUME:
-            if ckpt["train_config"][name] != getattr(cfg, name):
-                flag = "--" + name.replace("_", "-")
-                raise CheckpointError(
-                    f"checkpoint {checkpoint_path} was trained with {flag} "
-                    f"{ckpt['train_config'][name]!r}, not {getattr(cfg, name)!r}"
-                )
+    if ckpt is not None:
         load_model_state(model, ckpt.get("train_model", ckpt["model"]), checkpoint_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         average = {k: v.to(device) for k, v in ckpt.get("average", average).items()}

@@ -83,3 +83,12 @@ def test_resume_continues_a_run_from_its_checkpoint(resumed_run):
     assert "step 4:" in result.stdout  # it went on to the end
     steps = [line for line in (out / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert len(steps) == 4  # steps 1-2 before the stop, 3-4 after: none repeated or lost
+
+
+def test_a_resume_with_other_settings_is_refused_and_leaves_the_run_alone(resumed_run):
+    out, _ = resumed_run
+    config_before = (out / "config.json").read_text()
+    args = ("--dry-run", "--resume", "--task", "classify", "--out", out)
+    result = run_script(PROJECT, "train.py", *args, expect_code=2)
+    assert "was trained with --task" in result.stderr and result.stderr.count("\n") == 1
+    assert (out / "config.json").read_text() == config_before
