@@ -38,14 +38,14 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     """
     order = torch.argsort(scores, descending=True)
     iou = box_iou(boxes[order], boxes[order])  # (N, N), rows and columns in score order
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    suppressed = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
     keep = []
     for i in range(len(order)):
         if suppressed[i]:
             continue
         keep.append(i)
         suppressed |= iou[i] > iou_threshold
-    return order[torch.tensor(keep, dtype=torch.long)]
+    return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
 def batched_nms(
@@ -59,7 +59,7 @@ def batched_nms(
         for label in torch.unique(labels)
     ]
     if not keep:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
     keep = torch.cat(keep)
     return keep[torch.argsort(scores[keep], descending=True)]
 
@@ -143,12 +143,13 @@ def roi_pool(
     end = _round_half_away(rois[:, 3:5] * spatial_scale)
     size = (end - start + 1).clamp(min=1)  # malformed RoIs become 1x1
     bin_size = size / output_size  # (R, 2)
-    p = torch.arange(output_size, dtype=rois.dtype)
+    p = torch.arange(output_size, dtype=rois.dtype, device=rois.device)
     lo = torch.floor(p[None, :, None] * bin_size[:, None]) + start[:, None]  # (R, P, 2)
     hi = torch.ceil((p[None, :, None] + 1) * bin_size[:, None]) + start[:, None]
     lo_x, hi_x = lo[..., 0].clamp(0, width), hi[..., 0].clamp(0, width)  # (R, P)
     lo_y, hi_y = lo[..., 1].clamp(0, height), hi[..., 1].clamp(0, height)
-    cols, rows = torch.arange(width), torch.arange(height)
+    device = features.device
+    cols, rows = torch.arange(width, device=device), torch.arange(height, device=device)
     in_x = (cols[None, None] >= lo_x[..., None]) & (cols[None, None] < hi_x[..., None])  # (R,P,W)
     in_y = (rows[None, None] >= lo_y[..., None]) & (rows[None, None] < hi_y[..., None])  # (R,P,H)
     per_roi = features[rois[:, 0].long()]  # (R, C, H, W)
@@ -174,7 +175,7 @@ def _sample_weights(coords: torch.Tensor, length: int) -> torch.Tensor:
     coords = torch.where(low >= length - 1, low, coords)
     frac = coords - low
     high = (low + 1).clamp(max=length - 1)
-    cells = torch.arange(length, dtype=coords.dtype)
+    cells = torch.arange(length, dtype=coords.dtype, device=coords.device)
     weights = (1 - frac)[..., None] * (cells == low[..., None]) + frac[..., None] * (
         cells == high[..., None]
     )
@@ -231,8 +232,8 @@ def _roi_align_grid(features, rois, start, size, output_size, grid):
     bin_size = size / output_size  # (R, 2)
 
     def sample_coords(axis: int, n_samples: int) -> torch.Tensor:  # (R, P * n_samples)
-        p = torch.arange(output_size, dtype=features.dtype)[:, None]
-        i = torch.arange(n_samples, dtype=features.dtype)[None, :]
+        p = torch.arange(output_size, dtype=features.dtype, device=features.device)[:, None]
+        i = torch.arange(n_samples, dtype=features.dtype, device=features.device)[None, :]
         offsets = (
             p * bin_size[:, axis, None, None]
             + (i + 0.5) * bin_size[:, axis, None, None] / n_samples

@@ -167,7 +167,7 @@ def read_coco(path: str | Path) -> list[Annotation]:
             )
             for img in coco["images"]
         ]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise DataError(f"{path} is not a readable COCO annotation file ({err!r})") from None
 
 

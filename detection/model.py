@@ -146,11 +146,14 @@ class SlidingWindowDetector(nn.Module):
             positives = target["boxes"] + jitter
             overlap = box_iou(self.windows, target["boxes"]).amax(1) if len(positives) else None
             background = self.windows if overlap is None else self.windows[overlap < 0.3]
-            pick = torch.randint(len(background), (negatives_per_image,))
+            pick = torch.randint(len(background), (negatives_per_image,), device=background.device)
             boxes.append(torch.cat([positives, background[pick]]))
             labels.append(
                 torch.cat(
-                    [target["labels"], torch.full((negatives_per_image,), self.cfg.n_classes)]
+                    [
+                        target["labels"],
+                        target["labels"].new_full((negatives_per_image,), self.cfg.n_classes),
+                    ]
                 )
             )
         return self.crop(images, boxes), torch.cat(labels)
@@ -202,8 +205,8 @@ def sample_labels(labels: torch.Tensor, n: int, positive_fraction: float) -> tor
     negatives = torch.nonzero(labels == 0).flatten()
     n_pos = min(len(positives), int(n * positive_fraction))
     n_neg = min(len(negatives), n - n_pos)
-    positives = positives[torch.randperm(len(positives))[:n_pos]]
-    negatives = negatives[torch.randperm(len(negatives))[:n_neg]]
+    positives = positives[torch.randperm(len(positives), device=labels.device)[:n_pos]]
+    negatives = negatives[torch.randperm(len(negatives), device=labels.device)[:n_neg]]
     return torch.cat([positives, negatives])
 
 
@@ -256,8 +259,8 @@ class TwoStageDetector(nn.Module):
         IoU < 0.3 negative; 64 sampled per image, half positive at most. BCE + smooth L1."""
         cls_losses, box_losses, count = logits.new_zeros(()), logits.new_zeros(()), 0
         for image_logits, image_deltas, target in zip(logits, deltas, targets):
-            labels = torch.zeros(len(self.anchors))
-            matched = torch.zeros(len(self.anchors), dtype=torch.long)
+            labels = torch.zeros(len(self.anchors), device=logits.device)
+            matched = torch.zeros(len(self.anchors), dtype=torch.long, device=logits.device)
             if len(target["boxes"]):
                 iou = box_iou(self.anchors, target["boxes"])  # (anchors, K)
                 best_iou, matched = iou.max(1)
@@ -281,8 +284,8 @@ class TwoStageDetector(nn.Module):
         kept, labels, goals = [], [], []
         for boxes, target in zip(proposals, targets):
             boxes = torch.cat([boxes, target["boxes"]])
-            image_labels = torch.full((len(boxes),), self.cfg.n_classes)
-            image_goals = torch.zeros(len(boxes), 4)
+            image_labels = torch.full((len(boxes),), self.cfg.n_classes, device=boxes.device)
+            image_goals = torch.zeros(len(boxes), 4, device=boxes.device)
             if len(target["boxes"]):
                 best_iou, matched = box_iou(boxes, target["boxes"]).max(1)
                 foreground = best_iou >= 0.5
@@ -334,7 +337,7 @@ class TwoStageDetector(nn.Module):
             )  # (R_i * C, 4): every proposal refined as every class
             refined = clip_boxes(refined, size, size)
             scores = probs[start:end].reshape(-1)
-            labels = torch.arange(n_classes).repeat(len(boxes))
+            labels = torch.arange(n_classes, device=boxes.device).repeat(len(boxes))
             keep = scores > score_threshold
             refined, scores, labels = refined[keep], scores[keep], labels[keep]
             keep = batched_nms(refined, scores, labels, iou_threshold)[:20]
@@ -371,19 +374,20 @@ class YoloDetector(nn.Module):
     def to_boxes(self, pred: torch.Tensor) -> torch.Tensor:
         """(..., S, S, >=4) cell-relative predictions -> (..., S, S, 4) boxes in pixels."""
         s, size = self.grid, self.cfg.image_size
-        rows, cols = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+        cells = torch.arange(s, device=pred.device)
+        rows, cols = torch.meshgrid(cells, cells, indexing="ij")
         cx = (cols + pred[..., 0]) * size / s
         cy = (rows + pred[..., 1]) * size / s
         w, h = pred[..., 2] ** 2 * size, pred[..., 3] ** 2 * size
         return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
-    def encode_targets(self, targets):
+    def encode_targets(self, targets, device=None):
         """Per cell: responsible (object centre inside), x, y, sqrt w, sqrt h, class."""
         n, s, size = len(targets), self.grid, self.cfg.image_size
-        has_object = torch.zeros(n, s, s, dtype=torch.bool)
-        goal = torch.zeros(n, s, s, 4)
-        cls = torch.zeros(n, s, s, dtype=torch.long)
-        boxes_px = torch.zeros(n, s, s, 4)
+        has_object = torch.zeros(n, s, s, dtype=torch.bool, device=device)
+        goal = torch.zeros(n, s, s, 4, device=device)
+        cls = torch.zeros(n, s, s, dtype=torch.long, device=device)
+        boxes_px = torch.zeros(n, s, s, 4, device=device)
         for i, target in enumerate(targets):
             for box, label in zip(target["boxes"], target["labels"]):
                 cx, cy = (box[0] + box[2]) / 2 * s / size, (box[1] + box[3]) / 2 * s / size
@@ -409,7 +413,7 @@ class YoloDetector(nn.Module):
         where the confidence target C is the IoU of the predicted box with the true one.
         """
         pred = self.predict(images)
-        has_object, goal, cls, boxes_px = self.encode_targets(targets)
+        has_object, goal, cls, boxes_px = self.encode_targets(targets, images.device)
         n = len(images)
         obj, noobj = pred[has_object], pred[~has_object]
         iou = box_iou(self.to_boxes(pred)[has_object].detach(), boxes_px[has_object]).diagonal()

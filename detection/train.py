@@ -86,6 +86,8 @@ def load_data(cfg: TrainConfig):
             raise UserError(f"--annotations {path} is not a folder of VOC .xml files")
         annotations = [read_voc(p) for p in sorted(path.glob("*.xml"))]
     else:
+        if not path.is_file():
+            raise UserError(f"--annotations {path} is not a COCO .json file")
         annotations = read_coco(path)
     if len(annotations) < 2:
         raise UserError(f"{path}: need at least 2 annotated images, found {len(annotations)}")

@@ -3,8 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from shared.checkpoint import load_checkpoint
+from shared.logging import read_log
 from shared.testing import run_script
 
 PROJECT = Path(__file__).parents[1]
@@ -59,7 +62,11 @@ def test_inference_draws_boxes_on_a_generated_scene_and_on_an_image(trained, tmp
 
 
 def test_resume_continues_from_the_saved_epoch(trained):
+    logged = read_log(trained)
     run_script(PROJECT, "train.py", "--dry-run", "--out", trained, "--resume")
+    assert read_log(trained) == logged  # the one epoch was done: no step is trained again
+    state = load_checkpoint(trained / "model.pt")
+    assert state["epoch"] == 0 and len(state["history"]["step"]) == 2  # 16 scenes, batches of 8
     assert json.loads((trained / "metrics.json").read_text())["metric"] == "map50"
 
 
@@ -91,3 +98,21 @@ def test_impossible_flags_are_rejected():
     assert "multiple of 8" in result.stderr
     result = run_script(PROJECT, "train.py", "--dataset", "voc", expect_code=2)
     assert "needs --annotations" in result.stderr
+
+
+@pytest.mark.parametrize("annotations", ["missing.json", "."])
+def test_a_missing_coco_file_is_a_one_line_error(annotations):
+    result = run_script(
+        PROJECT, "train.py", "--dataset", "coco", "--annotations", annotations, expect_code=2
+    )
+    assert "is not a COCO .json file" in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("detector", ["sliding", "two-stage", "yolo"])
+def test_dry_run_and_inference_on_cuda(tmp_path, detector):
+    cuda = ("--device", "cuda")
+    run_script(PROJECT, "train.py", "--dry-run", "--detector", detector, *cuda, "--out", tmp_path)
+    ckpt = tmp_path / "model.pt"
+    run_script(PROJECT, "inference.py", "--checkpoint", ckpt, *cuda, "--score-threshold", "0")
+    assert (tmp_path / "inference.png").exists()

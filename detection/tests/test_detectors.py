@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from data import make_scenes
-from model import DETECTORS, DetectorConfig, build_detector, sample_labels
+from model import DETECTORS, DetectorConfig, build_detector, sample_labels, smooth_l1
 
 
 def batch(n=8, seed=0):
@@ -63,3 +64,12 @@ def test_sampling_keeps_the_positive_fraction():
     chosen = sample_labels(labels, 64, 0.25)
     assert len(chosen) == 64 and (labels[chosen] == 1).sum() == 16
     assert torch.all(labels[chosen] >= 0)
+
+
+@pytest.mark.parametrize("beta", [1.0, 1 / 9, 0.5])
+def test_smooth_l1_matches_torch(beta):
+    torch.manual_seed(0)
+    x = torch.randn(200, 4, dtype=torch.float64)
+    x[0] = torch.tensor([beta, -beta, 0.0, beta / 2], dtype=torch.float64)  # at the seams
+    expected = F.smooth_l1_loss(x, torch.zeros_like(x), reduction="sum", beta=beta)
+    torch.testing.assert_close(smooth_l1(x, beta), expected, rtol=1e-12, atol=1e-12)
