@@ -75,6 +75,31 @@ def test_gpt2_format_files_give_the_hand_checked_tokens(tmp_path):
     assert tok.decode([6, 7, 0]) == " the<|endoftext|>t"
 
 
+def test_gpt2_format_files_tokenize_like_hugging_faces_gpt2_tokenizer(tmp_path):
+    """Our BPE learned on CORPUS, written in OpenAI's file format, read back by us and by
+    transformers.GPT2Tokenizer: the same ids for any text (every byte is in the vocabulary)."""
+    transformers = pytest.importorskip("transformers")
+    learned = BPETokenizer.train(CORPUS, vocab_size=300)
+    to_unicode = bytes_to_unicode()
+
+    def spelled(token: bytes) -> str:
+        return "".join(to_unicode[b] for b in token)
+
+    encoder = {spelled(token): i for i, token in enumerate(learned.vocab)}
+    encoder["<|endoftext|>"] = len(encoder)
+    merges = [f"{spelled(learned.vocab[a])} {spelled(learned.vocab[b])}" for a, b in learned.merges]
+    (tmp_path / "encoder.json").write_text(json.dumps(encoder))
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    ours = BPETokenizer.from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+    theirs = transformers.GPT2Tokenizer(str(tmp_path / "encoder.json"), str(tmp_path / "vocab.bpe"))
+    rng = random.Random(0)
+    texts = [CORPUS, "The mat sat on the cat's hat, 2 times!", "ünïcödé 東京 \t tabs  and  spaces"]
+    texts += ["".join(rng.choice(CORPUS) for _ in range(200)) for _ in range(5)]
+    assert len(ours.encode(CORPUS)) < len(CORPUS.encode()) / 2  # the merges do apply
+    for text in texts:
+        assert ours.encode(text) == theirs.encode(text), text
+
+
 @pytest.mark.parametrize(
     "merges, message",
     [
