@@ -6,6 +6,7 @@ the PyTorch models see exactly the same pixels.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,10 @@ from shared.errors import DataError, UserError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
-def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:
-    """One picture file -> (channels, size, size) float32 in [0, 1]; UserError if unreadable."""
+@contextmanager
+def open_image(path: str | Path):
+    """PIL's Image.open, with a one-line error for a missing, empty or unreadable file. Opening
+    is lazy: reading `img.mode` costs only the header; pixels are decoded on first use."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image {path} does not exist")
@@ -26,11 +29,17 @@ def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:
         raise UserError(f"image {path} is empty")
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            img = img.resize((size, size), Image.BILINEAR)
-            pixels = np.asarray(img, dtype=np.float32) / 255.0
+            yield img
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"{path} is not an image PIL can read ({type(err).__name__})") from None
+
+
+def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:
+    """One picture file -> (channels, size, size) float32 in [0, 1]; UserError if unreadable."""
+    with open_image(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        img = img.resize((size, size), Image.BILINEAR)
+        pixels = np.asarray(img, dtype=np.float32) / 255.0
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
@@ -52,12 +61,8 @@ def load_image_dir(root: str | Path, size: int, seed: int = 0, test_fraction: fl
     modes = set()
     for group in files:
         for f in group:
-            try:
-                with Image.open(f) as img:
-                    modes.add(img.mode)
-            except (UnidentifiedImageError, OSError) as err:
-                kind = type(err).__name__
-                raise DataError(f"{f} is not an image PIL can read ({kind})") from None
+            with open_image(f) as img:
+                modes.add(img.mode)
     channels = 1 if modes <= {"L", "1", "I;16", "I"} else 3
     rng = np.random.default_rng(seed)
     parts = {"train": ([], []), "test": ([], [])}

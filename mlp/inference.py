@@ -34,12 +34,13 @@ class InferenceConfig:
 def read_csv(path: str, n_features: int) -> np.ndarray:
     if not Path(path).is_file():
         raise DataError(f"CSV file {path} does not exist (or is not a file)")
-    if not Path(path).read_text(errors="replace").strip():
-        raise DataError(f"CSV file {path} holds no points")
     try:
-        rows = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        rows = np.loadtxt(lines, delimiter=",", ndmin=2, dtype=np.float64) if lines else None
     except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"CSV file {path} must hold only numbers ({err})") from None
+    if rows is None or rows.size == 0:
+        raise DataError(f"CSV file {path} holds no points")
     if rows.shape[1] != n_features:
         raise DataError(
             f"CSV file {path} has {rows.shape[1]} columns; the model takes {n_features}"
