@@ -32,6 +32,7 @@ PROJECTS = {
 REQUIRED = ("model.py", "train.py", "inference.py", "README.md", "tests")
 EXISTING = [name for name in PROJECTS if (ROOT / name).is_dir()]
 RESULTS_BEGIN, RESULTS_END = "<!-- results:begin -->", "<!-- results:end -->"
+REAL_BEGIN, REAL_END = "<!-- real:begin -->", "<!-- real:end -->"
 
 nox.options.sessions = ["lint", "shared", *EXISTING]
 nox.options.default_venv_backend = "none"
@@ -77,8 +78,22 @@ for _name in EXISTING:
     nox.session(name=_name, venv_backend="none")(_project_session(_name))
 
 
+def _option(session: nox.Session, name: str) -> str | None:
+    """The value of `--name VALUE` (or `--name=VALUE`) among the session's arguments."""
+    args = list(session.posargs)
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def _selected(session: nox.Session) -> list[str]:
-    chosen = [arg for arg in session.posargs if not arg.startswith("--")] or EXISTING
+    values = {_option(session, "--data-dir")}
+    chosen = [
+        arg for arg in session.posargs if not arg.startswith("--") and arg not in values
+    ] or EXISTING
     unknown = [name for name in chosen if name not in EXISTING]
     if unknown:
         session.error(f"no such project: {', '.join(unknown)} (have: {', '.join(EXISTING)})")
@@ -136,6 +151,15 @@ def _results_table(results: dict, with_builds: bool) -> str:
     return "\n".join(lines)
 
 
+def _replace_between(path: Path, begin: str, end: str, text: str) -> None:
+    content = path.read_text()
+    if begin not in content:  # a new section goes at the end
+        content = content.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+
+
 def write_results(results: dict) -> None:
     """results.json, RESULTS.md, and the table between the markers in README.md."""
     (ROOT / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
@@ -145,15 +169,104 @@ def write_results(results: dict) -> None:
         + _results_table(results, with_builds=False)
         + "\n"
     )
-    readme = (ROOT / "README.md").read_text()
-    head, rest = readme.split(RESULTS_BEGIN, 1)
-    _, tail = rest.split(RESULTS_END, 1)
-    table = _results_table(results, with_builds=True)
-    (ROOT / "README.md").write_text(f"{head}{RESULTS_BEGIN}\n{table}\n{RESULTS_END}{tail}")
+    _replace_between(
+        ROOT / "README.md", RESULTS_BEGIN, RESULTS_END, _results_table(results, with_builds=True)
+    )
+    _write_real_tables()
+
+
+REAL_STORE = ROOT / "results_real.json"
+REAL_INTRO = (
+    "## Real data\n\nWritten by `nox -s results -- --real`: each project's named recipes "
+    "(`python train.py --preset NAME --data-dir DATA`, where DATA holds `MNIST/` and "
+    "`FashionMNIST/` in torchvision's layout, `shakespeare/input.txt`, `names/names.txt` and "
+    "`eng-fra/eng-fra.txt`), timed on the machine named in each row. Do not edit by hand.\n"
+)
+
+
+def _shown(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _real_table(real: dict) -> str:
+    lines = [
+        "| project | recipe | command | result | also measured | anchor | time | machine |",
+        "|" + " --- |" * 8,
+    ]
+    for name in PROJECTS:
+        for preset, r in sorted(real.get(name, {}).items()):
+            also = ", ".join(f"{k} = {_shown(v)}" for k, v in r["report"].items()) or "-"
+            lines.append(
+                f"| [{name}]({name}/) | {r['help']} | `python train.py --preset {preset} "
+                f"--data-dir DATA` | {r['metric']} = {_shown(r['value'])} | {also} | "
+                f"{r['anchor'] or '-'} | {r['wall_time_s'] / 60:.1f} min | {r['measured_on']} |"
+            )
+    return "\n".join(lines)
+
+
+def _write_real_tables() -> None:
+    """The real-data table, from results_real.json, in RESULTS.md and README.md."""
+    real = json.loads(REAL_STORE.read_text()) if REAL_STORE.exists() else {}
+    table = REAL_INTRO + "\n" + _real_table(real)
+    _replace_between(ROOT / "RESULTS.md", REAL_BEGIN, REAL_END, table)
+    _replace_between(ROOT / "README.md", REAL_BEGIN, REAL_END, table)
+
+
+def _presets(folder: Path) -> dict:
+    """{name: {help, anchor, report}} of a project's train.TrainConfig.PRESETS."""
+    code = (
+        "import json, train\n"
+        "print(json.dumps({n: {'help': p.help, 'anchor': p.anchor, 'report': list(p.report)}"
+        " for n, p in train.TrainConfig.PRESETS.items()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
+def _real_results(session: nox.Session) -> None:
+    """Run (or with --collect, read back) every preset of the named projects."""
+    real = json.loads(REAL_STORE.read_text()) if REAL_STORE.exists() else {}
+    collect = "--collect" in session.posargs
+    data_dir = _option(session, "--data-dir")
+    env = dict(os.environ, TQDM_DISABLE="1", MPLBACKEND="Agg")
+    for name in _selected(session):
+        folder = ROOT / name
+        for preset, info in _presets(folder).items():
+            run_dir = folder / "runs" / f"real-{preset}"
+            if collect:
+                if not (run_dir / "metrics.json").exists():
+                    session.log(f"{name}: no finished run in {run_dir}; skipped")
+                    continue
+                used = json.loads((run_dir / "config.json").read_text())
+                if used.get("preset") != preset or used.get("dry_run"):
+                    session.error(f"{name}: {run_dir} is not a full --preset {preset} run")
+            else:
+                command = [sys.executable, "train.py", "--preset", preset, "--out", str(run_dir)]
+                if data_dir:
+                    command += ["--data-dir", str(Path(data_dir).resolve())]
+                session.log(f"{name}: python train.py --preset {preset}")
+                subprocess.run(command, cwd=folder, env=env, check=True)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            real.setdefault(name, {})[preset] = {
+                "help": info["help"],
+                "anchor": info["anchor"],
+                "metric": metrics["metric"],
+                "value": metrics["value"],
+                "report": {k: metrics[k] for k in info["report"] if k in metrics},
+                "wall_time_s": metrics["wall_time_s"],
+                "measured_on": f"{os.cpu_count()} CPU cores, "
+                + time.strftime(
+                    "%Y-%m-%d", time.localtime((run_dir / "metrics.json").stat().st_mtime)
+                ),
+            }
+            REAL_STORE.write_text(json.dumps(real, indent=2, sort_keys=True) + "\n")
+            _write_real_tables()
 
 
 # Flags that say where or how a run went, not what it computed.
-NOT_CONFIG = {"out", "data_dir", "device", "threads", "resume"}
+NOT_CONFIG = {"out", "data_dir", "device", "threads", "resume", "preset"}
 
 
 def _default_config(folder: Path) -> dict:
@@ -171,7 +284,13 @@ def results(session: nox.Session) -> None:
     `nox -s results -- gpt2 cnn` runs a subset and keeps the other projects' earlier rows.
     `nox -s results -- --collect gpt2` trains nothing: it takes the project's runs/latest,
     after checking that its config.json is the default one, and runs inference.py on it.
+    `nox -s results -- --real [--data-dir DATA] [PROJECT ...]` runs every `--preset` recipe of
+    the projects instead (long: not part of CI) into runs/real-<preset>, and rewrites the
+    real-data tables; with `--collect` too, it reads those runs back without training.
     """
+    if "--real" in session.posargs:
+        _real_results(session)
+        return
     store = ROOT / "results.json"
     results = json.loads(store.read_text()) if store.exists() else {}
     collect = "--collect" in session.posargs

@@ -50,9 +50,27 @@ def arg(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named recipe: the flags a real-data run needs, and what its number is measured against.
+
+    `flags` maps config field names to values; `--preset NAME` makes them the defaults, so any
+    flag given on the command line still wins. `anchor` is the published number or peer the
+    result is compared with; `report` names extra metrics.json fields shown beside the headline
+    number in the real-data results table.
+    """
+
+    help: str
+    flags: dict[str, Any]
+    anchor: str = ""
+    report: tuple[str, ...] = ()
+
+
 @dataclasses.dataclass
 class RunConfig:
-    """Flags every train.py shares."""
+    """Flags every train.py shares. A subclass may define `PRESETS = {"name": Preset(...)}`."""
+
+    PRESETS: typing.ClassVar[dict[str, Preset]] = {}
 
     out: str = arg("", "run folder (default: <project>/runs/<time>, linked from runs/latest)")
     seed: int = arg(0, "random seed for python, numpy and torch", min=0)
@@ -60,6 +78,7 @@ class RunConfig:
     data_dir: str = arg("", "where datasets live (default: $DLFS_DATA_DIR, else ~/.cache/dlfs)")
     resume: bool = arg(False, "continue from the last checkpoint of --out (or runs/latest)")
     dry_run: bool = arg(False, "tiny model, a few steps of every stage, all outputs written")
+    preset: str = arg("", "a named recipe that sets several flags (listed below); flags given win")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -126,8 +145,39 @@ def _flag_name(field: dataclasses.Field) -> str:
     return "--" + field.name.rstrip("_").replace("_", "-")
 
 
+def _presets_epilog(presets: dict[str, Preset]) -> str | None:
+    if not presets:
+        return None
+    lines = ["presets (python train.py --preset NAME; flags given on the command line still win):"]
+    for name, preset in presets.items():
+        flags = " ".join(_preset_flags(preset.flags))
+        lines.append(f"  {name}: {preset.help}")
+        lines.append(f"      = {flags}")
+        if preset.anchor:
+            lines.append(f"      anchor: {preset.anchor}")
+    return "\n".join(lines)
+
+
+def _preset_flags(flags: dict[str, Any]) -> list[str]:
+    shown = []
+    for name, value in flags.items():
+        option = "--" + name.rstrip("_").replace("_", "-")
+        if isinstance(value, bool):
+            shown.append(option if value else "--no-" + option[2:])
+        elif isinstance(value, (list, tuple)):
+            shown.append(f"{option} {' '.join(map(str, value))}")
+        else:
+            shown.append(f"{option} {value}")
+    return shown
+
+
 def build_parser(config_cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    presets = getattr(config_cls, "PRESETS", {})
+    parser = _Parser(
+        description=description,
+        epilog=_presets_epilog(presets),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         meta = field.metadata
@@ -191,6 +241,13 @@ def parse_config(
 ):
     """Parse argv into a checked config, or exit with one line and status 2."""
     parser = build_parser(config_cls, description)
+    preset_name = _preset_asked(argv)
+    if preset_name:
+        presets = getattr(config_cls, "PRESETS", {})
+        if preset_name not in presets:
+            have = ", ".join(presets) or "none"
+            parser.error(f"--preset must be one of {have}, got {preset_name!r}")
+        parser.set_defaults(**preset_defaults(config_cls, preset_name))
     namespace = parser.parse_args(argv)
     hints = typing.get_type_hints(config_cls)
     values = {}
@@ -210,6 +267,24 @@ def parse_config(
     except UserError as err:
         parser.error(str(err))
     return cfg
+
+
+def _preset_asked(argv: Sequence[str] | None) -> str:
+    """The value of --preset in argv ('' if absent), found before the full parse."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="")
+    known, _ = pre.parse_known_args(argv)
+    return known.preset
+
+
+def preset_defaults(config_cls: type, name: str) -> dict[str, Any]:
+    """The preset's flags as config fields (with `preset` itself); unknown fields are a bug."""
+    preset = config_cls.PRESETS[name]
+    fields = {field.name for field in dataclasses.fields(config_cls)}
+    unknown = sorted(set(preset.flags) - fields)
+    if unknown:
+        raise TypeError(f"preset {name!r} sets unknown fields {unknown}")
+    return {**preset.flags, "preset": name}
 
 
 def cli_main(main: Callable[[Any], Any], config_cls: type, argv: Sequence[str] | None = None):

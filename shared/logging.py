@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from datetime import datetime
@@ -23,10 +24,19 @@ from shared.checkpoint import atomic_write_json
 from shared.errors import UserError
 
 LATEST = "latest"
+KILL_AT = "DLFS_KILL_AT"
 
 
 def progress(iterable=None, *, total: int | None = None, desc: str | None = None, **kwargs):
-    """A tqdm bar on stderr, refreshed at most twice a second so logs stay small."""
+    """A tqdm bar on stderr, refreshed at most twice a second so logs stay small.
+
+    Quiet when stderr is not a terminal (a pipe, a file, CI) and when TQDM_DISABLE=1;
+    `disable=True` turns it off for other reasons (say, on every rank but the first).
+    """
+    if os.environ.get("TQDM_DISABLE", "") not in ("", "0"):
+        kwargs["disable"] = True
+    elif not kwargs.get("disable"):
+        kwargs["disable"] = None  # tqdm's own rule: no bar unless stderr is a terminal
     kwargs.setdefault("mininterval", 0.5)
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
@@ -75,6 +85,7 @@ class Run:
         record = {"time_s": round(time.time() - self.start_time, 3), **_jsonable(values)}
         with open(self.path / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        _kill_if_asked(record)
 
     def finish(self, metric: str, value: float, higher_is_better: bool, **extra: Any) -> dict:
         """Write metrics.json, print one summary line, and return the metrics."""
@@ -93,6 +104,20 @@ class Run:
                 f"{self.task}: {metric} = {shown} in {metrics['wall_time_s']:.1f} s -> {self.path}"
             )
         return metrics
+
+
+def _kill_if_asked(record: dict) -> None:
+    """Testing hook: DLFS_KILL_AT=N sends this process SIGKILL right after it logs step N.
+
+    The shared resume test uses it to stop a run between two checkpoints the way a crash or an
+    out-of-memory kill would (no cleanup, no flush of anything not yet written).
+    """
+    target = os.environ.get(KILL_AT)
+    if target is None:
+        return
+    step = record.get("step", record.get("epoch"))
+    if step is not None and step == int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def start_run(task: str, cfg: Any, project_dir: str | os.PathLike, is_main: bool = True) -> Run:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import io
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # no display needed, ever
+# Scripts only save files, so they draw off-screen (Agg) whether or not a display exists. In a
+# Jupyter kernel, or when MPLBACKEND says otherwise, the backend is left alone so that inline
+# figures still show.
+if "ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND"):
+    matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402

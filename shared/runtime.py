@@ -61,6 +61,44 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def free_memory_bytes(device=None) -> int:
+    """Memory free now: on a CUDA device its free memory, else the machine's available RAM."""
+    if device is not None and getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def check_fits_in_memory(n_bytes: float, what: str, device=None) -> None:
+    """A UserError before allocating, when an estimate of what a run needs exceeds free memory.
+
+    `what` names the flags that decide the size (`--hidden 100000 100000`), so the message says
+    which one to lower: "error: --hidden 100000 needs about 80.0 GB, more than the 20.3 GB free".
+    """
+    free = free_memory_bytes(device)
+    if n_bytes > free:
+        raise UserError(
+            f"{what} needs about {n_bytes / 1e9:.1f} GB, more than the {free / 1e9:.1f} GB free"
+        )
+
+
+def count_parameters(build) -> int:
+    """Parameters of the torch module `build()` makes, counted on the meta device (no memory)."""
+    import torch
+
+    with torch.device("meta"):
+        module = build()
+    return sum(p.numel() for p in module.parameters())
+
+
 @dataclass
 class Distributed:
     """Where this process sits in a `torchrun` job; a single process when `enabled` is False."""

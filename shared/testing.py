@@ -37,3 +37,36 @@ def run_script(
             f"expected {expect_code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
         )
     return result
+
+
+def numerical_gradient(f, x, dout=None, h: float = 1e-6):
+    """Central differences (f(x + h) - f(x - h)) / 2h, one entry of the array x at a time.
+
+    `f` takes no arguments and reads x, which is changed in place and put back. With `dout`,
+    f may return an array and the gradient is that of sum(dout * f()), the quantity a layer's
+    backward(dout) returns the gradient of.
+    """
+    import numpy as np
+
+    def scalar() -> float:
+        value = f()
+        return float(value) if dout is None else float(np.sum(value * dout))
+
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        old = x[index]
+        x[index] = old + h
+        plus = scalar()
+        x[index] = old - h
+        minus = scalar()
+        x[index] = old
+        grad[index] = (plus - minus) / (2 * h)
+    return grad
+
+
+def relative_error(a, b) -> float:
+    """|a - b| / (|a| + |b|), the scale-free distance CS231n's gradient checks use."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300))
