@@ -4,14 +4,15 @@ confidently (and how accurately) that classifier recognises the samples.
 The "judge" is a small CNN trained once on the dataset's training split and cached in the user
 cache dir (~/.cache/dlfs/judges), never in the data dir, which may be shared and read-only. It
 plays the part Inception plays in FID, at the scale of digits: the Frechet distance between
-Gaussians fitted to its features of generated and of real training images. The same distance
-between the real *test* images and the training images is the floor a perfect generator would
-reach with that many samples; report it beside every model's number.
+Gaussians fitted to its features of generated and of real *test* images. The same distance
+between the real training images and the test images is the floor (real vs real); report it
+beside every model's number.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from shared.data import IMAGE_DATASETS, load_images, user_cache_dir
 from shared.errors import CheckpointError, UserError
 
 JUDGE_SIZES = {"digits": 16, "mnist": 28, "fashion-mnist": 28}
-JUDGE_VERSION = 1
+JUDGE_VERSION = 2
 
 
 def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +56,7 @@ def frechet_distance(features_a, features_b) -> float:
 def _make_network(size: int, n_classes: int):
     import torch.nn as nn
 
-    flat = 64 * (size // 4) * (size // 4)
+    flat = 64 * (size // 4) * (size // 4)  # two 2x2 poolings
     return nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1),
         nn.ReLU(),
@@ -75,11 +76,11 @@ def _make_network(size: int, n_classes: int):
 class Judge:
     """A trained digit (or garment) classifier that scores generated images."""
 
-    def __init__(self, dataset: str, network, train_stats, floor: float, device):
+    def __init__(self, dataset: str, network, test_stats, floor: float, device):
         self.dataset = dataset
         self.size = JUDGE_SIZES[dataset]
         self.network = network.to(device).eval()
-        self.train_mu, self.train_sigma = train_stats
+        self.test_mu, self.test_sigma = test_stats
         self.floor = floor
         self.device = device
         self.test_accuracy = float("nan")  # of the judge itself on the real test split
@@ -121,13 +122,13 @@ class Judge:
         return exp / exp.sum(axis=1, keepdims=True)
 
     def evaluate(self, samples, labels=None) -> dict:
-        """Frechet distance to the training images (and its floor), confidence, coverage."""
+        """Frechet distance to the real test images (and its floor), confidence, coverage."""
         features = self.features(samples)
         probs = self.probs(samples)
         predicted = probs.argmax(axis=1)
         histogram = np.bincount(predicted, minlength=probs.shape[1])
         report = {
-            "frechet": frechet_from_stats(*_gaussian(features), self.train_mu, self.train_sigma),
+            "frechet": frechet_from_stats(*_gaussian(features), self.test_mu, self.test_sigma),
             "frechet_floor": self.floor,
             "confidence": float(probs.max(axis=1).mean()),
             "classes_covered": int((histogram > 0).sum()),
@@ -139,34 +140,45 @@ class Judge:
         return report
 
 
-def _train_judge(dataset: str, data_dir, seed: int = 0):
-    """A few epochs of Adam on the training split; returns the network and its test accuracy."""
+# The recipe: 4 epochs of Adam with a one-cycle learning rate, batches of 128, random shifts of
+# one pixel. Measured on 2 CPU cores: MNIST 99.28% test accuracy in 71 s, Fashion-MNIST 90.56%
+# in 73 s (loading and feature statistics included).
+JUDGE_EPOCHS = {"digits": 20, "mnist": 4, "fashion-mnist": 4}
+JUDGE_SECONDS_PER_EPOCH = {"digits": 0.5, "mnist": 17, "fashion-mnist": 17}  # a 2-core CPU
+
+
+def train_network(x_train, y_train, x_test, y_test, n_classes: int, epochs: int, seed: int = 0):
+    """The judge's training: returns the network (in eval mode) and its test accuracy."""
     import torch
     import torch.nn.functional as F
 
-    size = JUDGE_SIZES[dataset]
-    n_classes = len(IMAGE_DATASETS[dataset].classes)
-    x_train, y_train = load_images(dataset, "train", data_dir, size=size)
-    x_test, y_test = load_images(dataset, "test", data_dir, size=size)
+    from shared.logging import progress
+
+    size = x_train.shape[-1]
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     network = _make_network(size, n_classes)
-    optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
     x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    epochs = 20 if dataset == "digits" else 2
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(64):
-            # Shifts of up to one pixel make the judge robust to imperfectly centred samples.
-            dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()
-            images = torch.roll(x[batch], shifts=(dy, dx), dims=(2, 3))
-            loss = F.cross_entropy(network(images), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    batches = [
+        b for _ in range(epochs) for b in torch.randperm(len(x), generator=generator).split(128)
+    ]
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=len(batches))
+    for batch in progress(batches, desc="judge"):
+        # Shifts make the judge robust to imperfectly centred samples.
+        dx, dy = torch.randint(-1, 2, (2,), generator=generator).tolist()
+        images = torch.roll(x[batch], shifts=(dy, dx), dims=(2, 3))
+        loss = F.cross_entropy(network(images), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
     network.eval()
     with torch.no_grad():
-        accuracy = (network(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean()
-    return network, float(accuracy), x_train, x_test
+        predicted = torch.cat(
+            [network(chunk).argmax(1) for chunk in torch.from_numpy(x_test).split(1000)]
+        )
+    return network, float((predicted.numpy() == y_test).mean())
 
 
 def get_judge(dataset: str = "digits", data_dir: str | os.PathLike | None = None, device="cpu"):
@@ -180,25 +192,38 @@ def get_judge(dataset: str = "digits", data_dir: str | os.PathLike | None = None
     network = _make_network(JUDGE_SIZES[dataset], len(IMAGE_DATASETS[dataset].classes))
     try:
         cached = load_checkpoint(
-            path, required=("model", "train_mu", "train_sigma", "floor", "test_accuracy")
+            path, required=("model", "test_mu", "test_sigma", "floor", "test_accuracy")
         )
         network.load_state_dict(cached["model"])
-        stats = (cached["train_mu"].numpy(), cached["train_sigma"].numpy())
+        stats = (cached["test_mu"].numpy(), cached["test_sigma"].numpy())
         judge = Judge(dataset, network, stats, float(cached["floor"]), torch.device(device))
         judge.test_accuracy = float(cached["test_accuracy"])
         return judge
     except CheckpointError:
         pass  # not trained yet (or an unreadable cache): train it now
-    network, accuracy, x_train, x_test = _train_judge(dataset, data_dir)
+    size, epochs = JUDGE_SIZES[dataset], JUDGE_EPOCHS[dataset]
+    x_train, y_train = load_images(dataset, "train", data_dir, size=size)
+    x_test, y_test = load_images(dataset, "test", data_dir, size=size)
+    seconds = epochs * JUDGE_SECONDS_PER_EPOCH[dataset]
+    print(
+        f"training the {dataset} judge once, about {seconds:.0f} s; cached in {path}",
+        file=sys.stderr,
+    )
+    network, accuracy = train_network(
+        x_train, y_train, x_test, y_test, len(IMAGE_DATASETS[dataset].classes), epochs
+    )
+    print(f"{dataset} judge: {accuracy:.2%} test accuracy", file=sys.stderr)
     judge = Judge(dataset, network, (None, None), 0.0, torch.device(device))
     judge.test_accuracy = accuracy
-    train_features = judge.features(x_train)
-    judge.train_mu, judge.train_sigma = _gaussian(train_features)
-    judge.floor = frechet_distance(judge.features(x_test), train_features)
+    test_features = judge.features(x_test)
+    judge.test_mu, judge.test_sigma = _gaussian(test_features)
+    # The floor: real training images against the real test images, the distance a generator
+    # that reproduced the training set exactly would get.
+    judge.floor = frechet_from_stats(*_gaussian(judge.features(x_train)), *_gaussian(test_features))
     cached = {
         "model": {k: v.cpu() for k, v in network.state_dict().items()},
-        "train_mu": torch.from_numpy(judge.train_mu),
-        "train_sigma": torch.from_numpy(judge.train_sigma),
+        "test_mu": torch.from_numpy(judge.test_mu),
+        "test_sigma": torch.from_numpy(judge.test_sigma),
         "floor": judge.floor,
         "test_accuracy": accuracy,
     }

@@ -55,9 +55,7 @@ def _run(project: str, out: Path, flags: tuple[str, ...], *extra: str, kill_at: 
 def _numbers(path: Path) -> list[dict]:
     """log.jsonl without the fields that measure time."""
     records = [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
-    return [
-        {k: v for k, v in r.items() if not any(word in k for word in TIMING)} for r in records
-    ]
+    return [{k: v for k, v in r.items() if not any(word in k for word in TIMING)} for r in records]
 
 
 def _leaves(value, prefix=""):

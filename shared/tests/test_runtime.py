@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from shared.errors import UserError
-from shared.runtime import get_device, init_distributed, seed_everything
+from shared.runtime import (
+    check_fits_in_memory,
+    count_parameters,
+    get_device,
+    init_distributed,
+    seed_everything,
+)
 
 
 def test_seeding_makes_numpy_and_torch_repeatable():
@@ -16,18 +22,36 @@ def test_seeding_makes_numpy_and_torch_repeatable():
     assert rng.random() == np.random.default_rng(7).random()
 
 
-def test_auto_device_falls_back_to_what_exists():
-    device = get_device("auto")
-    if not torch.cuda.is_available():
-        assert device.type in ("cpu", "mps")
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert get_device("auto").type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert get_device("auto").type == "cpu"
 
 
-def test_unknown_or_absent_device_is_a_user_error():
+def test_unknown_or_absent_device_is_a_user_error(monkeypatch):
     with pytest.raises(UserError, match="unknown device"):
         get_device("tpu9")
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="CUDA is not available"):
-            get_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="CUDA is not available"):
+        get_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="only 1 GPUs"):
+        get_device("cuda:3")
+
+
+def test_memory_check_names_the_flag_and_counting_allocates_nothing():
+    with pytest.raises(
+        UserError, match=r"^--hidden 10 needs about 1000000000.0 GB, more than the [0-9.]+ GB free$"
+    ):
+        check_fits_in_memory(1e18, "--hidden 10")
+    check_fits_in_memory(1024, "--hidden 10")
+    # 10^6 x 10^6 floats would be 4 TB; on the meta device it is only counted.
+    assert count_parameters(lambda: torch.nn.Linear(10**6, 10**6)) == 10**12 + 10**6
 
 
 def test_without_torchrun_distributed_is_a_single_main_process(monkeypatch):

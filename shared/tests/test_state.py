@@ -1,4 +1,4 @@
-"""shared.state: a training state restored exactly, must-match checks, log truncation, temporaries."""
+"""shared.state: exact restore, must-match checks, log truncation, stale temporaries."""
 
 import dataclasses
 import json
@@ -69,7 +69,9 @@ def test_restore_gives_back_every_generator_and_part(tmp_path, suffix):
     random.seed(99), np.random.seed(99), torch.manual_seed(99)
     rng2, gen2 = np.random.default_rng(7), torch.Generator().manual_seed(7)
     model2 = NumpyModel(rng2) if suffix == ".npz" else torch.nn.Linear(3, 2)
-    state2 = TrainingState(tmp_path / f"model{suffix}", cfg, model=model2, data_rng=rng2, noise=gen2)
+    state2 = TrainingState(
+        tmp_path / f"model{suffix}", cfg, model=model2, data_rng=rng2, noise=gen2
+    )
     cfg2 = dataclasses.replace(cfg, resume=True)
     step = state2.restore(load_for_resume(cfg2, tmp_path, f"model{suffix}", must_match=("width",)))
     assert step == 5
@@ -127,7 +129,9 @@ def test_truncate_log_counts_epochs_when_asked(tmp_path):
 
 
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".model.pt.tmp-{dead_pid}"
     mine = tmp_path / f".model.pt.tmp-{os.getpid()}"
