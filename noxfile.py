@@ -201,6 +201,8 @@ def _real_table(real: dict) -> str:
                 f"--data-dir DATA` | {r['metric']} = {_shown(r['value'])} | {also} | "
                 f"{r['anchor'] or '-'} | {r['wall_time_s'] / 60:.1f} min | {r['measured_on']} |"
             )
+    if len(lines) == 2:
+        lines.append("| - | no recipe measured yet | - | - | - | - | - | - |")
     return "\n".join(lines)
 
 
