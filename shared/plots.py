@@ -108,6 +108,38 @@ def save_image_grid(
     return save_figure(fig, path)
 
 
+def save_labelled_grid(
+    path: str | os.PathLike,
+    images,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    scale: float = 0.9,
+) -> Path:
+    """Images in row-major order as a len(row_labels) x len(col_labels) grid, each row and
+    column named at its edge (a class per row, a setting per column)."""
+    x = _to_numpy(images)
+    rows, cols = len(row_labels), len(col_labels)
+    if len(x) != rows * cols:
+        raise ValueError(f"{len(x)} images do not fill {rows} rows x {cols} columns")
+    fig, axes = plt.subplots(rows, cols, figsize=(scale * cols + 1, scale * rows + 0.4))
+    axes = np.asarray(axes).reshape(rows, cols)
+    for i in range(rows):
+        for j in range(cols):
+            ax = axes[i, j]
+            img = x[i * cols + j]
+            img = img[0] if img.ndim == 3 and img.shape[0] == 1 else img
+            img = img.transpose(1, 2, 0) if img.ndim == 3 else img
+            ax.imshow(np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col_labels[j], fontsize=8)
+            if j == 0:
+                ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return save_figure(fig, path)
+
+
 def _to_uint8(frame) -> np.ndarray:
     frame = np.asarray(frame)
     if frame.dtype != np.uint8:

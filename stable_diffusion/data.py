@@ -35,6 +35,9 @@ PLACES = (
 # "upper" and "lower" are accepted as synonyms of "top" and "bottom".
 SYNONYMS = {"top": ("top", "upper"), "bottom": ("bottom", "lower")}
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+# Characters a prompt may hold: the words' letters and numerals, spaces, and punctuation that
+# only separates words. Anything else (an accent, a symbol) is an error, never dropped silently.
+ALLOWED = re.compile(r"[A-Za-z0-9\s,.;:!?'\"()-]")
 
 
 def caption(digit: int, corner: int, rng: np.random.Generator) -> str:
@@ -70,6 +73,10 @@ class Tokenizer:
 
     def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids (max_tokens,), mask (max_tokens,) True on real tokens) for one caption."""
+        strange = sorted({ch for ch in text if not ALLOWED.fullmatch(ch)})
+        if strange:
+            shown = ", ".join(repr(ch) for ch in strange)
+            raise UserError(f"characters the tokenizer does not know: {shown}")
         words = self.split(text)
         unknown = sorted({w for w in words if w not in self.index})
         if unknown:

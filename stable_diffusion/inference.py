@@ -18,12 +18,13 @@ import torch
 from data import Tokenizer
 from model import SDConfig, StableDiffusion
 
-from shared.checkpoint import load_checkpoint, load_model_state
+from shared.checkpoint import load_model_state
 from shared.cli import arg, cli_main
 from shared.errors import UserError
 from shared.logging import default_checkpoint
 from shared.plots import save_image_grid
-from shared.runtime import get_device
+from shared.runtime import get_device, set_threads
+from shared.state import read_state
 
 PROJECT = Path(__file__).parent
 
@@ -44,11 +45,12 @@ class InferenceConfig:
     seed: int = arg(0, "random seed", min=0)
     out: str = arg("", "output PNG (default: samples_inference.png beside the checkpoint)")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int = arg(1, "torch CPU threads (0: torch's default, one per core)", min=0)
 
 
 def load_model(path: Path, device) -> tuple[StableDiffusion, Tokenizer]:
     """The model and tokenizer a checkpoint describes; vocabulary checked against ours."""
-    state = load_checkpoint(path, required=("model", "config", "vocab"))
+    state = read_state(path, required=("model", "config", "vocab"))
     model = StableDiffusion(SDConfig(**state["config"]))
     load_model_state(model, state["model"], path)
     tokenizer = Tokenizer(max_tokens=model.cfg.max_tokens)
@@ -78,10 +80,13 @@ def main(cfg: InferenceConfig) -> np.ndarray:
         raise UserError(
             'empty prompt: say what to draw, e.g. "a handwritten seven in the top left corner"'
         )
+    set_threads(cfg.threads)
     path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(PROJECT, "model.pt")
     device = get_device(cfg.device)
     model, tokenizer = load_model(path, device)
-    ids, mask = tokenizer.encode_batch([cfg.prompt] * cfg.num)
+    ids, mask = tokenizer.encode_batch([cfg.prompt] * cfg.num)  # unknown characters: an error
+    if not tokenizer.split(cfg.prompt):
+        raise UserError(f'prompt {cfg.prompt!r} has no words: say what to draw, e.g. "digit two"')
     negative, negative_mask = tokenizer.encode_batch([cfg.negative_prompt] * cfg.num)
     init_latents = None
     if cfg.init_image:

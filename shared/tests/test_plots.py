@@ -1,5 +1,6 @@
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -9,6 +10,7 @@ from shared.plots import (
     plot_curves,
     save_gif,
     save_image_grid,
+    save_labelled_grid,
 )
 
 
@@ -42,3 +44,12 @@ def test_figure_becomes_an_rgb_array():
     ax.plot([0, 1], [0, 1])
     frame = figure_to_array(fig, dpi=50)
     assert frame.shape == (50, 100, 3) and frame.dtype == np.uint8
+
+
+def test_labelled_grid_refuses_images_that_do_not_fill_it_and_writes_a_png(tmp_path):
+    images = np.random.default_rng(0).random((6, 1, 8, 8))
+    with pytest.raises(ValueError, match="do not fill 2 rows x 2 columns"):
+        save_labelled_grid(tmp_path / "g.png", images, ["a", "b"], ["x", "y"])
+    save_labelled_grid(tmp_path / "g.png", images, ["a", "b"], ["x", "y", "z"])
+    with Image.open(tmp_path / "g.png") as png:
+        assert png.format == "PNG" and png.size[0] > png.size[1]  # 3 columns, 2 rows

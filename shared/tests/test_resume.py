@@ -32,7 +32,10 @@ from shared.state import read_state
 ROOT = Path(__file__).resolve().parents[2]
 
 # project: (flags, log key, checkpoint file, first checkpoint, second checkpoint)
-CASES: dict[str, tuple[tuple[str, ...], str, str, int, int]] = {}
+CASES: dict[str, tuple[tuple[str, ...], str, str, int, int]] = {
+    # autoencoder steps 1-2, diffusion steps 3-6; checkpoints at 2 (with the latent scale), 4, 6
+    "stable_diffusion": (("--dry-run", "--threads", "1"), "step", "model.pt", 2, 4),
+}
 
 TIMING = ("time", "per_s", "wall", "elapsed", "seconds")
 

@@ -5,33 +5,42 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.logging import read_log
 from shared.testing import run_script
 
 PROJECT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    # The default data dir: the digit judge is trained once there and reused by later runs.
+def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    run_script(PROJECT, "train.py", "--dry-run", "--out", out)
-    return out
+    return out, run_script(PROJECT, "train.py", "--dry-run", "--out", out).stdout
 
 
-def test_dry_run_writes_checkpoint_metrics_and_figures(trained):
-    for name in (
-        "model.pt",
-        "metrics.json",
-        "reconstructions.png",
-        "samples.png",
-        "autoencoder_loss.png",
-        "diffusion_loss.png",
-        "log.jsonl",
-    ):
-        assert (trained / name).exists(), name
-    metrics = json.loads((trained / "metrics.json").read_text())
-    assert metrics["metric"] == "prompt_accuracy" and 0 <= metrics["value"] <= 1
-    assert 0 <= metrics["attribute_accuracy"] <= 1 and "by_guidance" in metrics
+@pytest.fixture(scope="module")
+def trained(dry_run):
+    return dry_run[0]
+
+
+def test_dry_run_logs_every_step_of_both_stages_and_prints_each_guidance(dry_run):
+    out, stdout = dry_run
+    records = read_log(out)
+    assert [(r["step"], r["stage"]) for r in records] == [
+        (1, "autoencoder"),
+        (2, "autoencoder"),
+        *[(s, "diffusion") for s in range(3, 7)],
+    ]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for guidance in ("1.0", "2.0", "3.0", "4.0"):
+        numbers = metrics["by_guidance"][guidance]
+        line = (
+            f"guidance {float(guidance):g}: prompt accuracy {numbers['prompt_accuracy']:.3f}, "
+            f"corner accuracy {numbers['attribute_accuracy']:.3f}"
+        )
+        assert line in stdout
+    assert metrics["value"] == metrics["by_guidance"]["3.0"]["prompt_accuracy"]
+    with Image.open(out / "samples.png") as grid:  # ten labelled rows, four columns
+        assert grid.size[1] > 1.5 * grid.size[0]
 
 
 def test_inference_with_negative_prompt_and_init_image(trained, tmp_path):
@@ -72,18 +81,26 @@ def test_inference_with_negative_prompt_and_init_image(trained, tmp_path):
     assert (tmp_path / "a.png").exists() and (tmp_path / "b.png").exists()
 
 
-def test_resume_finishes_a_saved_run(trained):
-    run_script(
+def test_resume_refuses_other_network_flags_and_leaves_the_run_alone(trained):
+    before = (trained / "log.jsonl").read_text()
+    result = run_script(
         PROJECT,
         "train.py",
         "--dry-run",
         "--out",
         trained,
         "--resume",
-        "--data-dir",
-        trained.parent.parent / "data0",
+        "--canvas",
+        "32",
+        expect_code=2,
     )
-    assert (trained / "metrics.json").exists()
+    assert "--canvas 24, not 32" in result.stderr
+    assert (trained / "log.jsonl").read_text() == before
+
+
+def test_absurd_sizes_stop_before_allocating():
+    result = run_script(PROJECT, "train.py", "--unet-channels", "80000", expect_code=2)
+    assert "--unet-channels 80000" in result.stderr and "GB" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -91,6 +108,9 @@ def test_resume_finishes_a_saved_run(trained):
     [
         (["a purple dog", "--checkpoint", "{ckpt}"], "does not know: dog, purple"),
         (["  ", "--checkpoint", "{ckpt}"], "empty prompt"),
+        (["\u2603 !!", "--checkpoint", "{ckpt}"], "does not know: '\u2603'"),
+        (["digit two \u2603", "--checkpoint", "{ckpt}"], "does not know: '\u2603'"),
+        (["!!", "--checkpoint", "{ckpt}"], "has no words"),
         (["digit one", "--checkpoint", "missing.pt"], "does not exist"),
         (["digit one", "--checkpoint", "{ckpt}", "--init-image", "{ckpt}"], "is not an image"),
     ],
@@ -105,15 +125,12 @@ def test_the_notebook_executes(trained, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(PROJECT / "sample_stable_diffusion.ipynb", as_version=4)
-    monkeypatch.setenv("SD_CHECKPOINT", str(trained / "model.pt"))  # the kernel inherits these
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("SD_CHECKPOINT", str(trained / "model.pt"))  # the kernel inherits it
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own inline backend
     nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": PROJECT}}
     ).execute()
-    outputs = "".join(
-        o.get("text", "")
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for o in cell.outputs
-    )
-    assert "loaded" in outputs
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert "loaded" in "".join(o.get("text", "") for o in outputs)
+    pictures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pictures) >= 6  # the first prompt, three guidance scales, negative, img2img

@@ -34,6 +34,17 @@ def test_unknown_words_are_named_in_the_error():
         Tokenizer().encode("a purple dog in the top left corner")
 
 
+@pytest.mark.parametrize("prompt", ["\u2603 !!", "digit two \u2603", "a handwritten s\u00e9ven"])
+def test_characters_outside_the_vocabulary_are_named_never_dropped(prompt):
+    with pytest.raises(UserError, match="characters the tokenizer does not know: '[\u2603\u00e9]'"):
+        Tokenizer().encode(prompt)
+
+
+def test_punctuation_between_words_is_accepted():
+    ids, _ = Tokenizer().encode("The number 7, upper-left!")
+    assert list(ids[:6]) == list(Tokenizer().encode("the number 7 upper left")[0][:6])
+
+
 def test_too_long_prompt_is_an_error():
     with pytest.raises(UserError, match="too long"):
         Tokenizer().encode(" ".join(["seven"] * 20))

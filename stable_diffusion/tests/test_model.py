@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 from model import (
@@ -179,6 +178,44 @@ def test_sampling_is_reproducible_by_seed_and_image_to_image_keeps_shapes():
         return model.sample(ids, mask, ids, mask, steps=3, generator=generator, **kwargs)
 
     torch.testing.assert_close(run(), run())
-    init = torch.randn(2, 4, 6, 6)
-    out = run(init_latents=init, strength=0.5)
-    assert out.shape == (2, 1, 24, 24) and np.all((out.numpy() >= 0) & (out.numpy() <= 1))
+    other = model.sample(ids, mask, ids, mask, steps=3, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(run(), other)
+
+
+def test_image_to_image_strength_decides_how_much_of_the_picture_is_kept():
+    model = small_model().eval()
+    ids = torch.randint(3, 20, (4, 6))
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    init = torch.randn(4, 4, 6, 6)
+    picture = model.to_image(init).clamp(0, 1)
+
+    def distance(strength):
+        out = model.sample(
+            ids,
+            mask,
+            ids,
+            mask,
+            steps=20,
+            init_latents=init,
+            strength=strength,
+            generator=torch.Generator().manual_seed(0),
+        )
+        return (out - picture).abs().mean().item()
+
+    low, middle, high = distance(0.02), distance(0.5), distance(1.0)
+    assert low < 0.25 * high and low < middle
+
+
+def test_a_negative_prompt_acts_only_through_guidance():
+    model = small_model().eval()
+    ids, empty = torch.randint(3, 20, (2, 6)), torch.randint(3, 20, (2, 6))
+    negative = torch.randint(3, 20, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+
+    def run(uncond, guidance):
+        generator = torch.Generator().manual_seed(0)
+        return model.sample(ids, mask, uncond, mask, guidance, steps=3, generator=generator)
+
+    # w = 1 is the conditional model alone: what it is contrasted with cannot matter.
+    torch.testing.assert_close(run(empty, 1.0), run(negative, 1.0))
+    assert (run(empty, 3.0) - run(negative, 3.0)).abs().max() > 1e-3
