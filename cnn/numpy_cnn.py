@@ -190,9 +190,10 @@ class BatchNorm2d:
     def forward(self, x):  # x: (N, C, H, W)
         gamma = self.params["gamma"][None, :, None, None]
         beta = self.params["beta"][None, :, None, None]
-        if not self.training:
-            mean, var = self.running_mean, self.running_var
-            x_hat = (x - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + self.eps)
+        if not self.training:  # the running statistics are constants: y is affine in x
+            inv_std = 1.0 / np.sqrt(self.running_var + self.eps)  # (C,)
+            x_hat = (x - self.running_mean[None, :, None, None]) * inv_std[None, :, None, None]
+            self.cache = (x_hat, inv_std, None)
             return gamma * x_hat + beta
         mean = x.mean(axis=(0, 2, 3))  # (C,)
         var = x.var(axis=(0, 2, 3))  # biased, as used for normalising
@@ -210,6 +211,8 @@ class BatchNorm2d:
         self.grads["gamma"][...] = (dout * x_hat).sum(axis=(0, 2, 3))
         self.grads["beta"][...] = dout.sum(axis=(0, 2, 3))
         dx_hat = dout * self.params["gamma"][None, :, None, None]
+        if M is None:  # evaluation: dL/dx = gamma / sqrt(running_var + eps) * dL/dy
+            return dx_hat * inv_std[None, :, None, None]
         # dL/dx = inv_std / M (M dx_hat - sum dx_hat - x_hat sum(dx_hat x_hat)), see README
         sum_dx_hat = dx_hat.sum(axis=(0, 2, 3), keepdims=True)
         sum_dx_hat_x_hat = (dx_hat * x_hat).sum(axis=(0, 2, 3), keepdims=True)
@@ -242,6 +245,9 @@ class Dropout:
         if not self.training or self.p == 0:
             self.mask = None
             return x
+        if self.p == 1:  # every unit dropped: zeros, as torch gives (1/(1-p) would be 0/0)
+            self.mask = np.zeros_like(x)
+            return self.mask.copy()
         keep = self.rng.random(x.shape) >= self.p
         self.mask = keep.astype(x.dtype) / (1 - self.p)
         return x * self.mask
@@ -356,14 +362,17 @@ class NumpyCNN:
         rng = rng if rng is not None else np.random.default_rng(0)
         self.cfg = cfg
         c1, c2 = cfg.channels
-        pad = cfg.kernel // 2  # "same" convolution: only the pools shrink the image
+        pad = cfg.kernel // 2  # "same" for odd kernels; an even kernel grows the side by one
         layers = []
+        side = cfg.image_size
         for c_in, c_out in ((cfg.in_channels, c1), (c1, c2)):
             layers.append(Conv2D(c_in, c_out, cfg.kernel, 1, pad, rng, dtype))
             if cfg.batchnorm:
                 layers.append(BatchNorm2d(c_out, dtype=dtype))
             layers += [ReLU(), MaxPool2D(2)]
-        side = cfg.image_size // 4  # two 2x2 pools
+            side = out_size(out_size(side, cfg.kernel, 1, pad), 2, 2, 0)  # conv, then pool
+        if side < 1:
+            raise ValueError(f"images of side {cfg.image_size} vanish after two conv-pool stages")
         n_flat = c2 * side * side
         layers += [
             Flatten(),

@@ -245,7 +245,21 @@ class TorchLearner:
 # ----------------------------------------------------------------------------- the run
 
 
+def check_memory(cfg: TrainConfig, size: int) -> None:
+    """Stop before resizing or allocating what cannot fit: the resized images (float32, up to
+    70,000 of them and 3 channels, as the largest built-in datasets) and, per image of a
+    batch, about 20 feature maps of 64 x width channels at full resolution with gradients."""
+    from shared.runtime import check_fits_in_memory
+
+    n_images = 1797 if cfg.dataset == "digits" and not cfg.image_dir else 70_000
+    images = n_images * 3 * size**2 * 4
+    activations = cfg.batch_size * 20 * 64 * cfg.width * size**2 * 4 * 2
+    flags = f"--image-size {size} --width {cfg.width:g} --batch-size {cfg.batch_size}"
+    check_fits_in_memory(images + activations, flags)
+
+
 def main(cfg: TrainConfig) -> dict:
+    check_memory(cfg, cfg.image_size or DEFAULT_SIZE[cfg.model])
     run = start_run(f"cnn: {cfg.model} on {cfg.image_dir or cfg.dataset}", cfg, PROJECT_DIR)
     rng = seed_everything(cfg.seed)
     from threadpoolctl import threadpool_limits  # scikit-learn's dependency

@@ -198,6 +198,9 @@ class Dropout(Layer):
         if not self.training or self.p == 0:
             self.mask = None
             return x
+        if self.p == 1:  # every unit dropped: zeros, as torch gives (1/(1-p) would be 0/0)
+            self.mask = np.zeros_like(x)
+            return self.mask.copy()
         keep = self.rng.random(x.shape) >= self.p
         self.mask = (keep / (1.0 - self.p)).astype(x.dtype)
         return x * self.mask
@@ -212,7 +215,9 @@ class BatchNorm1d(Layer):
     Training:   x_hat = (x - mu_B) / sqrt(var_B + eps),  y = gamma x_hat + beta,
                 running stats <- (1 - momentum) running + momentum * batch stats
                 (the running variance uses the unbiased batch variance, as torch does).
-    Evaluation: the running statistics replace the batch ones, so y depends on x alone.
+    Evaluation: the running statistics replace the batch ones, so y depends on x alone and
+                dL/dx = gamma / sqrt(running_var + eps) * dL/dy (the statistics are constants).
+    A training batch of one has no variance to normalise by: like torch, it is refused.
     """
 
     def __init__(self, n: int, eps: float = 1e-5, momentum: float = 0.1, dtype=np.float64):
@@ -236,9 +241,14 @@ class BatchNorm1d(Layer):
 
     def forward(self, x):  # x: (N, D)
         if not self.training:
-            x_hat = (x - self.running_mean) / np.sqrt(self.running_var + self.eps)
-            return self.gamma * x_hat + self.beta
+            self.batch_statistics = False
+            self.inv_std = 1.0 / np.sqrt(self.running_var + self.eps)  # (D,)
+            self.x_hat = (x - self.running_mean) * self.inv_std
+            return self.gamma * self.x_hat + self.beta
         n = x.shape[0]
+        if n < 2:
+            raise ValueError("BatchNorm1d needs more than one sample per training batch")
+        self.batch_statistics = True
         mu = x.mean(axis=0)  # (D,)
         var = x.var(axis=0)  # (D,), biased: it is what normalises the batch
         self.inv_std = 1.0 / np.sqrt(var + self.eps)
@@ -251,9 +261,11 @@ class BatchNorm1d(Layer):
     def backward(self, dout):  # dout: (N, D)
         self.dgamma[...] = (dout * self.x_hat).sum(axis=0)
         self.dbeta[...] = dout.sum(axis=0)
+        g = dout * self.gamma
+        if not self.batch_statistics:  # evaluation: an affine map of x
+            return g * self.inv_std
         # mu and var depend on every x in the batch; collecting the three paths gives
         # dL/dx = inv_std / N * (N g - sum(g) - x_hat * sum(g * x_hat)),  g = gamma * dL/dy
-        g = dout * self.gamma
         n = dout.shape[0]
         return (
             self.inv_std / n * (n * g - g.sum(axis=0) - self.x_hat * (g * self.x_hat).sum(axis=0))
@@ -283,16 +295,17 @@ class MSELoss:
 
 
 class BCEWithLogitsLoss:
-    """Binary cross-entropy on a logit z, the sigmoid folded in for stability.
+    """Binary cross-entropy on logits z, the sigmoid folded in for stability; K independent
+    binary outputs per sample are averaged over all N * K entries, as torch's mean reduction.
 
     L = -[t log sigma(z) + (1 - t) log(1 - sigma(z))] = max(z, 0) - t z + log(1 + e^-|z|)
-    dL/dz = sigma(z) - t
+    dL/dz = (sigma(z) - t) / (N K)
     """
 
-    def __call__(self, z, t):  # z: (N, 1) logits, t: (N,) or (N, 1) in {0, 1}
+    def __call__(self, z, t):  # z: (N, K) logits, t: (N, K) in {0, 1} ((N,) when K = 1)
         t = t.reshape(z.shape).astype(z.dtype)
         loss = np.maximum(z, 0) - t * z + np.log1p(np.exp(-np.abs(z)))
-        return float(loss.mean()), (sigmoid(z) - t) / z.shape[0]
+        return float(loss.mean()), (sigmoid(z) - t) / z.size
 
 
 class SoftmaxCrossEntropy:

@@ -29,7 +29,7 @@ from model import (
 )
 from optim import OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer
 
-from shared.cli import RunConfig, arg, cli_main
+from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.errors import CheckpointError, UserError
 
 TOY = ("xor", "moons", "circles", "spiral", "swiss_roll", "four_clusters")
@@ -39,6 +39,23 @@ CHECKPOINT = "model.npz"
 
 @dataclass
 class TrainConfig(RunConfig):
+    PRESETS = {
+        "mnist": Preset(
+            "MNIST, a 784-800-10 NumPy MLP with dropout, Adam and a cosine schedule",
+            dict(
+                dataset="mnist",
+                hidden=(800,),
+                dropout=0.2,
+                optimizer="adam",
+                lr=1e-3,
+                schedule="cosine",
+                epochs=20,
+                batch_size=128,
+                gif_frames=0,
+            ),
+            anchor="a 784-800-10 MLP: 98.4% test accuracy (LeCun et al.'s MNIST table)",
+        )
+    }
     dataset: str = arg("spiral", "training data", choices=DATASETS)
     n_samples: int = arg(1500, "points generated for a toy dataset (80%% train, 20%% test)", min=10)
     hidden: tuple[int, ...] = arg((64, 64), "hidden layer sizes; 0 for none (a single neuron)")
@@ -103,18 +120,29 @@ LOSSES = {"binary": BCEWithLogitsLoss, "multiclass": SoftmaxCrossEntropy, "regre
 
 
 class DataLoader:
-    """Mini-batches of (x, y), reshuffled every epoch with the given generator."""
+    """Mini-batches of (x, y), reshuffled every epoch with the given generator.
+
+    A last batch of a single sample joins the one before it: batch normalisation cannot
+    normalise one sample (1,200 samples in batches of 11 give 109 batches, the last of 12).
+    """
 
     def __init__(self, X, y, batch_size: int, rng: np.random.Generator, shuffle: bool = True):
         self.X, self.y, self.batch_size, self.rng, self.shuffle = X, y, batch_size, rng, shuffle
 
+    def starts(self) -> list[int]:
+        starts = list(range(0, len(self.X), self.batch_size))
+        if len(starts) > 1 and len(self.X) - starts[-1] == 1:
+            starts.pop()
+        return starts
+
     def __len__(self):
-        return -(-len(self.X) // self.batch_size)
+        return len(self.starts())
 
     def __iter__(self):
         order = self.rng.permutation(len(self.X)) if self.shuffle else np.arange(len(self.X))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        starts = self.starts()
+        for start, end in zip(starts, [*starts[1:], len(order)]):
+            idx = order[start:end]
             yield self.X[idx], self.y[idx]
 
 
@@ -124,9 +152,11 @@ def fit(model, loss_fn, optimizer, loader, epochs, schedule="constant", start=0,
     `on_epoch(epoch, record)` runs after each epoch (evaluation, logging, checkpoints) and may
     add entries to the record.
     """
+    from shared.logging import progress
+
     base_lr = optimizer.lr
     history = []
-    for epoch in range(start, epochs):
+    for epoch in progress(range(start, epochs), desc="epochs", total=epochs, initial=start):
         optimizer.lr = base_lr * lr_factor(schedule, epoch, epochs)
         model.train()
         total = 0.0
@@ -185,6 +215,18 @@ def load_model(path, dtype=np.float64):
 # ----------------------------------------------------------------------------- main
 
 
+def check_memory(mcfg: ModelConfig, batch_size: int) -> None:
+    """Stop before allocating a network that cannot fit: each weight is stored with its
+    gradient and up to two optimizer moments, each activation with its gradient (float64)."""
+    from shared.runtime import check_fits_in_memory
+
+    sizes = [mcfg.n_in, *mcfg.hidden, mcfg.n_out]
+    weights = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    activations = batch_size * sum(sizes) * 4  # pre- and post-activation, and their gradients
+    flags = "--hidden " + " ".join(map(str, mcfg.hidden or (0,)))
+    check_fits_in_memory(8 * (4 * weights + activations), flags)
+
+
 def main(cfg: TrainConfig) -> dict:
     from boundary import boundary_frame, plot_boundary, plot_extent
 
@@ -220,6 +262,7 @@ def main(cfg: TrainConfig) -> dict:
         dropout=cfg.dropout,
         batchnorm=cfg.batchnorm,
     )
+    check_memory(mcfg, cfg.batch_size)
     model = build_mlp(mcfg, rng)
     loss_fn = LOSSES[task]()
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.logging import read_log
 from shared.testing import run_script
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -21,10 +22,25 @@ def numpy_run(tmp_path_factory):
 
 def test_numpy_dry_run_writes_checkpoint_metrics_and_every_figure(numpy_run):
     metrics = json.loads((numpy_run / "metrics.json").read_text())
-    assert metrics["metric"] == "test_accuracy" and 0.0 <= metrics["value"] <= 1.0
+    assert metrics["metric"] == "test_accuracy"
+    assert metrics["value"] == read_log(numpy_run)[-1]["test_accuracy"]
     assert (numpy_run / "model.npz").stat().st_size > 0
     for name in FIGURES:
         assert (numpy_run / name).stat().st_size > 0, name
+
+
+def test_a_short_run_learns_the_digits(tmp_path):
+    run_script(PROJECT, "train.py", "--epochs", "3", "--max-train", "500", "--out", tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["value"] > 0.8  # chance is 0.1; a broken backward stays near it
+
+
+def test_sizes_too_large_for_memory_stop_before_allocating(tmp_path):
+    result = run_script(
+        PROJECT, "train.py", "--image-size", "40000", "--out", tmp_path / "run", expect_code=2
+    )
+    assert result.stderr.startswith("error: --image-size 40000 --width 1 --batch-size 32 needs")
+    assert not (tmp_path / "run").exists()
 
 
 def test_inference_classifies_pngs_written_by_its_own_helper(numpy_run, tmp_path):

@@ -20,6 +20,8 @@ from numpy_cnn import (
     softmax_cross_entropy,
 )
 
+from shared.testing import numerical_gradient
+
 F64 = np.float64
 # (N, C, H, W, F, kernel, stride, pad): odd and even sizes, non-square leftovers, big padding
 CONV_CASES = [
@@ -33,18 +35,9 @@ CONV_CASES = [
 POOL_CASES = [(2, 3, 8, 8, 2, 2), (1, 2, 7, 9, 3, 2), (2, 1, 6, 6, 3, 3), (1, 2, 5, 5, 2, 1)]
 
 
-def numeric_gradient(f, x, dout, eps=1e-6):
-    """sum(dout * df/dx) by central differences, one entry of x at a time."""
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        plus = np.sum(f() * dout)
-        x[i] = old - eps
-        minus = np.sum(f() * dout)
-        x[i] = old
-        grad[i] = (plus - minus) / (2 * eps)
-    return grad
+def numeric_gradient(f, x, dout):
+    """sum(dout * df/dx) by central differences (shared.testing)."""
+    return numerical_gradient(f, x, dout)
 
 
 @pytest.mark.parametrize("N, C, H, W, Fo, K, S, P", CONV_CASES)
@@ -259,3 +252,47 @@ def test_a_few_adam_steps_reduce_the_numpy_cnn_loss():
         model.backward(d)
         opt.step()
     assert softmax_cross_entropy(model.forward(x), y)[0] < 0.75 * first
+
+
+def test_batchnorm2d_backward_in_eval_mode_matches_torch_and_finite_differences():
+    rng = np.random.default_rng(7)
+    bn = BatchNorm2d(3, dtype=F64)
+    bn.params["gamma"][...] = rng.standard_normal(3)
+    bn.params["beta"][...] = rng.standard_normal(3)
+    bn.forward(rng.standard_normal((4, 3, 5, 5)))  # a training batch of another size first
+    bn.training = False
+    x = rng.standard_normal((2, 3, 4, 4))
+    dout = rng.standard_normal((2, 3, 4, 4))
+    bn.forward(x)
+    dx = bn.backward(dout)
+    ref = torch.nn.BatchNorm2d(3, dtype=torch.float64).eval()
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(bn.params["gamma"]))
+        ref.bias.copy_(torch.from_numpy(bn.params["beta"]))
+        ref.running_mean.copy_(torch.from_numpy(bn.running_mean))
+        ref.running_var.copy_(torch.from_numpy(bn.running_var))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    ref(xt).backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(bn.grads["gamma"], ref.weight.grad.numpy(), atol=1e-12)
+    assert np.allclose(dx, numeric_gradient(lambda: bn.forward(x), x, dout), atol=1e-7)
+
+
+def test_dropout_of_every_unit_gives_zeros_like_torch():
+    layer = Dropout(p=1.0)
+    x = np.random.default_rng(8).standard_normal((3, 4))
+    expected = F.dropout(torch.from_numpy(x), p=1.0, training=True).numpy()
+    np.testing.assert_array_equal(layer.forward(x), expected)
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), np.zeros_like(x))
+
+
+@pytest.mark.parametrize("kernel", [2, 4, 5])
+def test_numpy_cnn_takes_even_and_odd_kernels(kernel):
+    cfg = NumpyCNNConfig(image_size=16, kernel=kernel, channels=(2, 3), hidden=5)
+    model = NumpyCNN(cfg, np.random.default_rng(0), dtype=F64)
+    x = np.random.default_rng(1).random((2, 1, 16, 16))
+    logits = model.forward(x)
+    side = 16
+    for _ in range(2):  # conv with padding kernel // 2, then a 2x2 pool
+        side = (side + 2 * (kernel // 2) - kernel + 1) // 2
+    assert logits.shape == (2, 10) and model.layers[-3].params["W"].shape[0] == 3 * side * side

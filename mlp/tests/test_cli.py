@@ -52,3 +52,28 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = run_script(PROJECT, "train.py", "--hidden", "0", "5", expect_code=2)
     assert "--hidden" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_network_too_large_for_memory_stops_before_allocating(tmp_path):
+    out = tmp_path / "run"
+    result = run_script(
+        PROJECT, "train.py", "--hidden", "100000", "100000", "--out", out, expect_code=2
+    )
+    assert result.stderr.startswith("error: --hidden 100000 100000 needs about 320.")
+    assert "GB free" in result.stderr and not (out / "model.npz").exists()
+
+
+def test_batchnorm_with_a_last_batch_of_one_trains(tmp_path):
+    run_script(
+        PROJECT,
+        "train.py",
+        "--batchnorm",
+        "--batch-size",
+        "11",
+        "--epochs",
+        "1",
+        "--n-samples",
+        "1200",
+        "--out",
+        tmp_path,
+    )

@@ -21,25 +21,10 @@ from model import (
     build_mlp,
 )
 
+from shared.testing import numerical_gradient as numerical_grad
+from shared.testing import relative_error as rel_error
+
 N, D, H = 5, 4, 3
-
-
-def rel_error(a, b):
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
-
-
-def numerical_grad(f, x, h=1e-6):
-    """Central differences (f(x + h) - f(x - h)) / 2h, one entry of x at a time."""
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + h
-        plus = f()
-        x[i] = old - h
-        minus = f()
-        x[i] = old
-        grad[i] = (plus - minus) / (2 * h)
-    return grad
 
 
 def make_layers():
@@ -222,3 +207,59 @@ def test_dropout_backward_matches_finite_differences_for_a_fixed_mask():
     loss()
     dx = layer.backward(dout)
     assert rel_error(dx, numerical_grad(loss, x)) < 1e-6
+
+
+def test_batchnorm_backward_in_eval_mode_matches_torch_and_finite_differences():
+    rng = np.random.default_rng(3)
+    ours = BatchNorm1d(D)
+    ours.gamma[...] = rng.standard_normal(D)
+    ours.beta[...] = rng.standard_normal(D)
+    ours.training = True
+    ours.forward(rng.standard_normal((8, D)))  # a training batch of another size first
+    ours.training = False
+    x = rng.standard_normal((N, D))
+    dout = rng.standard_normal((N, D))
+    ours.forward(x)
+    dx = ours.backward(dout)
+    theirs = torch.nn.BatchNorm1d(D, dtype=torch.float64).eval()
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(ours.gamma))
+        theirs.bias.copy_(torch.from_numpy(ours.beta))
+        theirs.running_mean.copy_(torch.from_numpy(ours.running_mean))
+        theirs.running_var.copy_(torch.from_numpy(ours.running_var))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    theirs(xt).backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(ours.dgamma, theirs.weight.grad.numpy(), atol=1e-12)
+    np.testing.assert_allclose(ours.dbeta, theirs.bias.grad.numpy(), atol=1e-12)
+    assert rel_error(dx, numerical_grad(lambda: ours.forward(x), x, dout)) < 1e-8
+
+
+def test_batchnorm_refuses_a_training_batch_of_one_like_torch():
+    layer = BatchNorm1d(D)
+    layer.training = True
+    with pytest.raises(ValueError, match="more than one sample"):
+        layer.forward(np.ones((1, D)))
+    np.testing.assert_array_equal(layer.running_var, np.ones(D))  # untouched
+
+
+def test_binary_cross_entropy_with_several_columns_matches_torch():
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((N, 3))
+    t = (rng.random((N, 3)) > 0.5).astype(np.float64)
+    loss, dz = BCEWithLogitsLoss()(z, t)
+    zt = torch.from_numpy(z).requires_grad_(True)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(zt, torch.from_numpy(t))
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-12)
+    np.testing.assert_allclose(dz, zt.grad.numpy(), atol=1e-14)
+
+
+def test_dropout_of_every_unit_gives_zeros_like_torch():
+    layer = Dropout(p=1.0)
+    layer.training = True
+    x = np.random.default_rng(5).standard_normal((N, D))
+    out = layer.forward(x)
+    expected = torch.nn.functional.dropout(torch.from_numpy(x), p=1.0, training=True).numpy()
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), np.zeros_like(x))

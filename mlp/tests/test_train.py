@@ -32,3 +32,11 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     model.eval()
     loaded.eval()
     assert np.array_equal(predict(model, X, "multiclass"), predict(loaded, X, "multiclass"))
+
+
+def test_a_last_batch_of_one_joins_the_batch_before_it():
+    X, y = np.arange(1200.0)[:, None], np.arange(1200)
+    batches = list(DataLoader(X, y, 11, np.random.default_rng(0)))
+    assert min(len(b) for b, _ in batches) == 11 and len(batches[-1][0]) == 12
+    assert len(batches) == len(DataLoader(X, y, 11, np.random.default_rng(0))) == 109
+    np.testing.assert_array_equal(np.sort(np.concatenate([b[:, 0] for b, _ in batches])), X[:, 0])
