@@ -36,7 +36,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     2. Drop every remaining box whose IoU with it is above the threshold.
     3. Repeat until no box remains.
     """
-    order = torch.argsort(scores, descending=True)
+    # Stable: among equal scores the lower index comes first, as in torchvision's kernel.
+    order = torch.argsort(scores, descending=True, stable=True)
     iou = box_iou(boxes[order], boxes[order])  # (N, N), rows and columns in score order
     suppressed = torch.zeros(len(order), dtype=torch.bool, device=boxes.device)
     keep = []
@@ -60,8 +61,8 @@ def batched_nms(
     ]
     if not keep:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    keep = torch.cat(keep)
-    return keep[torch.argsort(scores[keep], descending=True)]
+    keep = torch.cat(keep).sort().values  # ties then come out in index order, as torchvision's
+    return keep[torch.argsort(scores[keep], descending=True, stable=True)]
 
 
 def make_anchors(
@@ -202,25 +203,24 @@ def roi_align(
     size = rois[:, 3:5] * spatial_scale - offset - start
     if not aligned:
         size = size.clamp(min=1.0)
+    empty = features.new_zeros(len(rois), features.shape[1], output_size, output_size)
+    if len(rois) == 0:
+        return empty
     if sampling_ratio <= 0:  # the grid differs per RoI: one RoI at a time
-        grids = torch.ceil(size / output_size).clamp(min=1).long()
-        return (
-            torch.cat(
-                [
-                    _roi_align_grid(
-                        features,
-                        rois[i : i + 1],
-                        start[i : i + 1],
-                        size[i : i + 1],
-                        output_size,
-                        (int(grids[i, 1]), int(grids[i, 0])),
-                    )
-                    for i in range(len(rois))
-                ]
-            )
-            if len(rois)
-            else features.new_zeros(0, features.shape[1], output_size, output_size)
-        )
+        # ceil(size / output) samples per bin and axis; an aligned RoI of zero or negative size
+        # has none, and its bins average nothing: zeros, as in torchvision.
+        grids = torch.ceil(size / output_size).clamp(min=0).long()
+        for i in range(len(rois)):
+            if grids[i].min() > 0:
+                empty[i] = _roi_align_grid(
+                    features,
+                    rois[i : i + 1],
+                    start[i : i + 1],
+                    size[i : i + 1],
+                    output_size,
+                    (int(grids[i, 1]), int(grids[i, 0])),
+                )[0]
+        return empty
     return _roi_align_grid(
         features, rois, start, size, output_size, (sampling_ratio, sampling_ratio)
     )

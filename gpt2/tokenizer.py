@@ -22,10 +22,13 @@ END_OF_TEXT = "<|endoftext|>"
 # GPT-2's pattern is 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 # written for the third-party `regex` module. The standard `re` has no \p{...}, so: letters are
 # [^\W\d_] (word characters that are neither digits nor "_"), numbers are \d, and the rest is
-# [^\s\w] or "_". Identical on ASCII; a few rare characters (e.g. "½", a \p{N} that is not \d)
-# fall in a different class.
+# [^\s\w] or "_". And `re`'s \s also matches the separators \x1c-\x1f, which `regex`'s \s (the
+# Unicode White_Space property) does not, so whitespace is spelled out as that property. Identical
+# on ASCII; a few rare characters (e.g. "½", a \p{N} that is not \d) fall in a different class.
+WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 PRE_SPLIT = re.compile(
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+"
+    rf"| ?(?:[^{WHITE_SPACE}\w]|_)+|[{WHITE_SPACE}]+(?![^{WHITE_SPACE}])|[{WHITE_SPACE}]+"
 )
 
 

@@ -190,16 +190,21 @@ def read_pairs_file(path: str | Path, max_chars: int) -> list[tuple[str, str]]:
     if not path.is_file():
         raise DataError(f"pairs file {path} does not exist")
     pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            columns = line.rstrip("\n").split("\t")
-            if len(columns) < 2:
-                if line.strip():
-                    raise DataError(f"{path}:{number}: expected English<TAB>French, got {line!r}")
-                continue
-            en, fr = columns[0].strip().lower(), columns[1].strip().lower()
-            if en and fr and len(en) <= max_chars and len(fr) <= max_chars:
-                pairs.append((en, fr))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"pairs file {path} is not UTF-8 text (byte {err.start}): expected English<TAB>French"
+        ) from None
+    for number, line in enumerate(text.split("\n"), 1):
+        columns = line.rstrip("\r").split("\t")
+        if len(columns) < 2:
+            if line.strip():
+                raise DataError(f"{path}:{number}: expected English<TAB>French, got {line!r}")
+            continue
+        en, fr = columns[0].strip().lower(), columns[1].strip().lower()
+        if en and fr and len(en) <= max_chars and len(fr) <= max_chars:
+            pairs.append((en, fr))
     if len(pairs) < 2:
         raise DataError(f"{path} has fewer than 2 pairs of at most {max_chars} characters")
     return pairs

@@ -101,3 +101,36 @@ def test_roi_align_matches_torchvision_forward_and_gradient(sampling_ratio, alig
     (grad_ours,) = torch.autograd.grad(ours, features, upstream)
     (grad_theirs,) = torch.autograd.grad(theirs, features, upstream)
     torch.testing.assert_close(grad_ours, grad_theirs, rtol=0, atol=1e-10)
+
+
+def _tied_boxes(seed):
+    g = torch.Generator().manual_seed(seed)
+    corner = torch.rand(500, 2, generator=g, dtype=torch.float64) * 50
+    boxes = torch.cat([corner, corner + 5 + 30 * torch.rand(500, 2, generator=g).double()], 1)
+    scores = (torch.rand(500, generator=g) > 0.5).double()  # two score levels: many ties
+    labels = torch.randint(0, 3, (500,), generator=g)
+    return boxes, scores, labels
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nms_with_tied_scores_keeps_torchvisions_boxes_in_its_order(seed):
+    boxes, scores, labels = _tied_boxes(seed)
+    assert torch.equal(nms(boxes, scores, 0.5), tv.nms(boxes, scores, 0.5))
+    assert torch.equal(
+        batched_nms(boxes, scores, labels, 0.5), tv.batched_nms(boxes, scores, labels, 0.5)
+    )
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, -1, 2])
+def test_roi_align_on_zero_size_and_inverted_rois_matches_torchvision(sampling_ratio):
+    features = torch.rand(2, 3, 10, 10, generator=torch.Generator().manual_seed(0)).double()
+    rois = torch.tensor(
+        [[0, 2, 2, 2, 2], [1, 5, 5, 3, 3], [0, 1, 1, 6, 7], [1, 2.5, 2.5, 2.7, 2.9]],
+        dtype=torch.float64,
+    )
+    for aligned in (True, False):
+        ours = roi_align(features, rois, 3, 1.0, sampling_ratio, aligned)
+        theirs = tv.roi_align(features, rois, 3, 1.0, sampling_ratio, aligned)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
+    none = torch.zeros(0, 5, dtype=torch.float64)
+    assert roi_align(features, none, 3, 1.0, sampling_ratio, True).shape == (0, 3, 3, 3)

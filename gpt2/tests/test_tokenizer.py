@@ -100,6 +100,29 @@ def test_gpt2_format_files_tokenize_like_hugging_faces_gpt2_tokenizer(tmp_path):
         assert ours.encode(text) == theirs.encode(text), text
 
 
+def test_pre_split_treats_ascii_separators_as_gpt2_does(tmp_path):
+    """\x1c-\x1f are whitespace to Python's `re` but not to GPT-2's `regex` pattern: with merges
+    across " \x1c!", GPT2Tokenizer makes one token of it, and so must we."""
+    transformers = pytest.importorskip("transformers")
+    to_unicode = bytes_to_unicode()
+    encoder = {to_unicode[b]: b for b in range(256)}
+    merges = []
+    for c in range(128):
+        ch = to_unicode[c]
+        merges += [f"{to_unicode[32]} {ch}", f"{to_unicode[32]}{ch} !"]
+        encoder.setdefault(to_unicode[32] + ch, len(encoder))
+        encoder.setdefault(to_unicode[32] + ch + "!", len(encoder))
+    merges = list(dict.fromkeys(merges))
+    encoder["<|endoftext|>"] = len(encoder)
+    (tmp_path / "encoder.json").write_text(json.dumps(encoder))
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    ours = BPETokenizer.from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+    theirs = transformers.GPT2Tokenizer(str(tmp_path / "encoder.json"), str(tmp_path / "vocab.bpe"))
+    for c in range(128):
+        for text in (f" {chr(c)}!", f"a{chr(c)} b {chr(c)}{chr(c)}!"):
+            assert ours.encode(text) == theirs.encode(text), repr(text)
+
+
 @pytest.mark.parametrize(
     "merges, message",
     [

@@ -92,3 +92,19 @@ def test_a_resume_with_other_settings_is_refused_and_leaves_the_run_alone(resume
     result = run_script(PROJECT, "train.py", *args, expect_code=2)
     assert "was trained with --task" in result.stderr and result.stderr.count("\n") == 1
     assert (out / "config.json").read_text() == config_before
+
+
+@pytest.mark.parametrize("task", ["translate", "classify"])
+def test_fused_attention_dry_run_draws_the_attention_maps(task, tmp_path):
+    run_script(PROJECT, "train.py", "--dry-run", "--fused-attention", "--task", task,
+               "--out", tmp_path)  # fmt: skip
+    assert (tmp_path / "attention.png").stat().st_size > 0
+    assert (tmp_path / "metrics.json").is_file()
+
+
+def test_a_binary_pairs_file_is_a_one_line_error(tmp_path):
+    binary = tmp_path / "pairs.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    result = run_script(PROJECT, "train.py", "--dry-run", "--pairs-file", binary,
+                        "--out", tmp_path / "run", expect_code=2)  # fmt: skip
+    assert "is not UTF-8 text" in result.stderr and len(result.stderr.splitlines()) == 1
