@@ -25,7 +25,7 @@ from model import GPT, GPTConfig
 from tokenizer import END_OF_TEXT, BPETokenizer, CharTokenizer, tokenizer_from_state
 
 from shared.checkpoint import atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
-from shared.cli import RunConfig, arg, cli_main
+from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.data import load_text, split_text
 from shared.errors import CheckpointError, DataError, UserError
 from shared.logging import latest_run, progress, read_log, start_run
@@ -48,6 +48,20 @@ MUST_MATCH_ON_RESUME = (
 
 @dataclass
 class TrainConfig(RunConfig):
+    PRESETS = {
+        "shakespeare_char": Preset(
+            "tiny Shakespeare, one token per character: nanoGPT's CPU recipe (4x4x128, block 64)",
+            dict(dataset="shakespeare", tokenizer="char", max_iters=2000),
+            anchor="nanoGPT README: val loss 1.88 in about 3 minutes on a CPU",
+            report=("val_bits_per_byte", "tokens_per_s"),
+        ),
+        "shakespeare_bpe": Preset(
+            "tiny Shakespeare, byte-level BPE (512 tokens) learned on the training text",
+            dict(dataset="shakespeare", tokenizer="bpe", vocab_size=512, max_iters=2000),
+            anchor="the character recipe, compared in bits per byte (as nanochat reports)",
+            report=("val_bits_per_byte", "val_loss_per_char"),
+        ),
+    }
     dataset: str = arg("stdlib", "stdlib (embedded), shakespeare, or the path of a UTF-8 text file")
     tokenizer: str = arg(
         "char", "char: one token per character; bpe: byte-level BPE", choices=("char", "bpe")
@@ -329,6 +343,8 @@ def main(cfg: TrainConfig) -> dict:
         unigram_val_loss=baseline,
         # Nats per character: comparable between character and BPE tokens.
         val_loss_per_char=val_loss * len(val_ids) / len(val_text),
+        # Bits per UTF-8 byte of the validation text: the unit that compares any tokenisation.
+        val_bits_per_byte=val_loss * len(val_ids) / (math.log(2) * len(val_text.encode())),
         params=raw_model.num_params(),
         tokenizer=tokenizer.kind,
         vocab_size=tokenizer.vocab_size,
