@@ -190,7 +190,8 @@ def build_parser(config_cls: type, description: str | None = None) -> argparse.A
         help_text = meta.get("help", "")
         if kind == "bool":
             off = f"--no-{flag[2:]}"
-            help_text += f" (default: on; {off} turns it off)" if default else " (default: off)"
+            if "(default" not in help_text:  # a help text may state its default itself
+                help_text += f" (default: on; {off} turns it off)" if default else " (default: off)"
             parser.add_argument(flag, dest=field.name, action="store_true", help=help_text)
             parser.add_argument(
                 "--no-" + flag[2:], dest=field.name, action="store_false", help=argparse.SUPPRESS

@@ -33,9 +33,7 @@ class InferenceConfig:
     checkpoint: str = arg(
         "", "checkpoint (default: runs/latest/model.pt; with --class, runs/latest/cvae.pt)"
     )
-    sample: int = arg(
-        0, "draw N images from the prior (default: 16 when no other mode is given)", min=0
-    )
+    sample: int = arg(16, "draw N images from the prior (the mode when no other is given)", min=1)
     reconstruct: str = arg("", "an image file to encode and decode")
     interpolate: tuple[str, ...] = arg((), "two image files: decode the line between their codes")
     class_: int = arg(
@@ -110,7 +108,7 @@ def main(cfg: InferenceConfig) -> None:
         row = torch.cat([x_a, decoded, x_b])
         save_grid(output("interpolation"), row, nrow=len(row), size=size)
     else:
-        n = cfg.sample or 16
+        n = cfg.sample
         y = None
         if cfg.class_ >= 0 or model.cfg.n_classes:
             if not model.cfg.n_classes:

@@ -155,3 +155,13 @@ def test_a_script_reports_user_errors_without_traceback(tmp_path):
     assert result.stderr == (
         "error: checkpoint missing.pt does not exist (train first: python train.py)\n"
     )
+
+
+def test_a_bool_whose_help_states_its_default_gets_no_second_one(capsys):
+    @dataclass
+    class Config:
+        fast: bool = arg(False, "go fast (default: off)")
+
+    with pytest.raises(SystemExit):
+        parse_config(Config, ["--help"])
+    assert capsys.readouterr().out.count("(default: off)") == 1

@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CASES: dict[str, tuple[tuple[str, ...], str, str, int, int]] = {
     # autoencoder steps 1-2, diffusion steps 3-6; checkpoints at 2 (with the latent scale), 4, 6
     "stable_diffusion": (("--dry-run", "--threads", "1"), "step", "model.pt", 2, 4),
+    # text windows with the hidden state carried; every step logged, checkpoints at 3 and 6
+    "rnn": (("--dry-run", "--threads", "1"), "step", "model.npz", 3, 6),
 }
 
 TIMING = ("time", "per_s", "wall", "elapsed", "seconds")

@@ -177,3 +177,11 @@ def test_asking_an_unconditional_vae_for_a_class_is_a_one_line_error(trained):
         expect_code=2,
     )
     assert "not a conditional VAE" in result.stderr
+
+
+def test_zero_samples_is_refused_and_help_states_each_default_once(trained):
+    result = run_script(PROJECT, "inference.py", "--sample", "0", expect_code=2)
+    assert "--sample must be >= 1" in result.stderr
+    help_text = " ".join(run_script(PROJECT, "train.py", "--help").stdout.split())
+    assert "(default: off) (default: off)" not in help_text
+    assert "conditional VAE: encoder and decoder also see the class (default: off)" in help_text

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.distributions as td
 from model import (
+    MIN_PIXEL_LOG_VAR,
     VAE,
     VAEConfig,
     bernoulli_log_prob,
@@ -112,6 +113,21 @@ def test_gaussian_log_prob_matches_torch_distributions():
     log_var = torch.randn_like(x)
     expected = td.Normal(mean, torch.exp(0.5 * log_var)).log_prob(x).sum(-1)
     assert torch.allclose(gaussian_log_prob(x, mean, log_var), expected, atol=1e-12)
+
+
+def test_the_gaussian_decoders_likelihood_is_torchs_normal_with_its_clamped_variance():
+    cfg = VAEConfig(image_size=4, likelihood="gaussian", latent_dim=2, hidden=8)
+    model = VAE(cfg).double()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    decoded = torch.rand(3, 16, dtype=torch.float64)  # the decoder's mean image, flattened
+    with torch.no_grad():
+        model.pixel_log_var.copy_(
+            torch.linspace(-9, 1, 16).double().reshape_as(model.pixel_log_var)
+        )
+    log_var = model.pixel_log_var.detach().flatten().clamp(min=MIN_PIXEL_LOG_VAR)
+    expected = td.Normal(decoded, torch.exp(0.5 * log_var)).log_prob(x.flatten(1)).sum(-1)
+    torch.testing.assert_close(model.log_likelihood(x, decoded), expected, rtol=0, atol=1e-10)
+    assert log_var.min() == MIN_PIXEL_LOG_VAR  # the lowest variances were clamped
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
