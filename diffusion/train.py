@@ -64,7 +64,9 @@ class TrainConfig(RunConfig):
     # Optimisation
     steps: int = arg(1000, "training steps", min=1)
     batch_size: int = arg(64, "images per step", min=1)
-    lr: float = arg(2e-3, "peak learning rate (AdamW, warm-up then cosine decay)", min=0)
+    lr: float = arg(
+        2e-3, "peak learning rate (AdamW, warm-up then cosine decay)", min=0, min_inclusive=False
+    )
     warmup: int = arg(50, "learning-rate warm-up steps", min=0)
     ema_decay: float = arg(0.99, "decay of the weights' moving average", min=0, max=1)
     log_every: int = arg(50, "steps between log lines", min=1)

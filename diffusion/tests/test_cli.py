@@ -20,8 +20,10 @@ def dry_run(tmp_path_factory):
 
 def test_dry_run_writes_checkpoint_metrics_and_figures(dry_run):
     metrics = json.loads((dry_run / "metrics.json").read_text())
-    assert metrics["metric"] == "confidence" and 0 <= metrics["value"] <= 1
-    assert metrics["frechet"] > 0 and metrics["frechet_floor"] > 0
+    assert metrics["metric"] == "confidence"
+    # A two-step model draws noise: the judge must find it far from real digits, and unsure.
+    assert metrics["frechet"] > 5 * metrics["frechet_floor"] > 0
+    assert metrics["value"] < 0.9 and metrics["accuracy"] < 0.5
     for name in ("model.pt", "samples.png", "class_samples.png", "forward_process.png",
                  "reverse_process.png", "reverse_process.gif", "loss.png"):  # fmt: skip
         assert (dry_run / name).stat().st_size > 0, name
@@ -71,6 +73,7 @@ def test_a_class_the_model_does_not_know_is_a_one_line_error(dry_run):
         (("--sample-steps", "50", "--timesteps", "40"), "--sample-steps 50 > --timesteps 40"),
         (("--eval-samples", "5"), "--eval-samples must be >= 10"),  # fewer than one per class
         (("--eta", "1.5"), "--eta must be <= 1"),  # sigma^2 > 1 - alpha_bar_prev: NaN samples
+        (("--lr", "0"), "--lr must be > 0"),
     ],
 )
 def test_impossible_training_flags_are_one_line_errors(flags, message):
