@@ -2,7 +2,7 @@
 
     python compare.py                      # the three cells on the stdlib corpus, 60 s each
                                            # -> runs/compare/<time>/
-    python compare.py --dataset shakespeare --data-dir /work/shared/data --time-budget 120
+    python compare.py --dataset shakespeare --data-dir DATA --time-budget 120
 
 Each cell is trained by train.py's own `main` into <run>/<cell>/. Then two figures:
 - val_loss.png: validation loss against training time, one curve per cell;
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from inference import load_model
-from model import CELLS, CharRNN
+from model import CELLS, CharRNN, load_model
 from train import TrainConfig, load_corpus
 from train import main as train_main
 
@@ -76,7 +75,7 @@ def main(cfg: CompareConfig) -> dict:
         metrics = train_main(TrainConfig(out=str(run.path / cell), cell=cell, **shared_flags))
         log = read_log(run.path / cell)
         curves[cell] = {key: [r[key] for r in log] for key in ("step", "time_s", "val_loss")}
-        trained, _, meta = load_model(run.path / cell / "model.npz")
+        trained, meta = load_model(run.path / cell / "model.npz")
         fresh = CharRNN(trained.config, np.random.default_rng(cfg.seed))
         horizon = min(cfg.horizon, len(corpus.val) - 2)
         gradients[cell] = {

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 from data import BOUNDARY, Vocabulary, sample_names, sample_text
-from model import CELLS, CharRNN, ModelConfig
+from model import load_model
+from threadpoolctl import threadpool_limits
 
-from shared.checkpoint import load_arrays
 from shared.cli import arg, cli_main
-from shared.errors import CheckpointError, UserError
+from shared.errors import UserError
 from shared.logging import default_checkpoint
 
 HERE = Path(__file__).parent
@@ -34,34 +34,17 @@ class InferenceConfig:
     )
     top_k: int = arg(0, "sample only among the k most likely characters (0: all)", min=0)
     seed: int = arg(0, "random seed of the sampler", min=0)
-
-
-def load_model(path: str | Path) -> tuple[CharRNN, dict, dict]:
-    """The model a checkpoint describes, its raw arrays and its metadata."""
-    arrays, meta = load_arrays(path)
-    if not {"model", "chars", "mode"} <= set(meta):
-        raise CheckpointError(f"checkpoint {path} was not written by rnn/train.py")
-    try:
-        config = ModelConfig(**meta["model"])
-    except TypeError:
-        raise CheckpointError(f"checkpoint {path} has an unknown model config") from None
-    if config.cell not in CELLS:
-        raise CheckpointError(f"checkpoint {path} names an unknown cell {config.cell!r}")
-    model = CharRNN(config, np.random.default_rng(0))
-    for name, param in model.named_params().items():
-        if name not in arrays:
-            raise CheckpointError(f"checkpoint {path} lacks the weights {name}")
-        if arrays[name].shape != param.shape:
-            raise CheckpointError(
-                f"checkpoint {path}: {name} has shape {arrays[name].shape}, expected {param.shape}"
-            )
-    model.load_params(arrays)
-    return model, arrays, meta
+    threads: int = arg(1, "BLAS threads; 1 is fastest for the small per-step products", min=1)
 
 
 def main(cfg: InferenceConfig) -> str:
+    with threadpool_limits(cfg.threads):  # one character at a time: threads only add overhead
+        return generate(cfg)
+
+
+def generate(cfg: InferenceConfig) -> str:
     path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(HERE, "model.npz")
-    model, _, meta = load_model(path)
+    model, meta = load_model(path)
     vocab = Vocabulary(meta["chars"])
     rng = np.random.default_rng(cfg.seed)
     if meta["mode"] == "names":

@@ -13,8 +13,12 @@ G = gates per cell (RNN 1, GRU 3, LSTM 4). Inside the recurrent layer arrays are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from shared.errors import CheckpointError
+from shared.state import read_state
 
 CELLS = ("rnn", "lstm", "gru")
 
@@ -278,6 +282,19 @@ class Recurrent:
 # ----------------------------------------------------------------------------- the model
 
 
+def training_bytes(config: ModelConfig, batch_size: int, seq_len: int) -> int:
+    """About what training needs: weights (drawn in float64, then cast) with a gradient and two
+    Adam moments each, and per time step every layer's gates and states with their gradients."""
+    gates = CELL_TYPES[config.cell].n_gates * config.hidden
+    n_in = [config.n_embd] + [config.hidden] * (config.n_layer - 1)
+    weights = config.vocab_size * config.n_embd + (config.hidden + 1) * config.vocab_size
+    weights += sum(gates * (d + config.hidden + 2) for d in n_in)
+    steps = batch_size * seq_len
+    activations = steps * (config.n_layer * (gates + 3 * config.hidden) + 2 * config.vocab_size)
+    item = np.dtype(config.dtype).itemsize
+    return 8 * weights + item * (4 * weights + 2 * activations)
+
+
 class CharRNN:
     """Characters -> embedding -> n_layer recurrent layers -> linear -> softmax over V."""
 
@@ -327,6 +344,12 @@ class CharRNN:
     def load_params(self, arrays: dict[str, np.ndarray]) -> None:
         for name, param in self.named_params().items():
             param[...] = arrays[name]
+
+    def state_dict(self) -> dict[str, np.ndarray]:  # what shared.state saves as the model
+        return {name: param.copy() for name, param in self.named_params().items()}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+        self.load_params(arrays)
 
     def initial_state(self, batch: int) -> list[tuple]:
         return [layer.cell.initial_state(batch, self.dtype) for layer in self.layers]
@@ -425,6 +448,12 @@ class Adam:
             v += (1 - beta2) * g * g  # v_t = b2 v_{t-1} + (1 - b2) g^2
             p -= self.lr * (m / correction1) / (np.sqrt(v / correction2) + self.eps)
 
+    def state_dict(self) -> dict:
+        return {"t": self.t, **{k: v.copy() for k, v in self.state().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.load_state(state, int(state["t"]))
+
     def state(self) -> dict[str, np.ndarray]:
         arrays = {f"adam.m.{k}": m for k, m in self.m.items()}
         arrays.update({f"adam.v.{k}": v for k, v in self.v.items()})
@@ -435,3 +464,25 @@ class Adam:
             self.m[k][...] = arrays[f"adam.m.{k}"]
             self.v[k][...] = arrays[f"adam.v.{k}"]
         self.t = t
+
+
+def load_model(path: str | Path) -> tuple[CharRNN, dict]:
+    """The model a checkpoint of train.py describes, and the checkpoint itself."""
+    ckpt = read_state(path, required=("model", "model_config", "chars", "mode"))
+    try:
+        config = ModelConfig(**ckpt["model_config"])
+    except TypeError:
+        raise CheckpointError(f"checkpoint {path} has an unknown model config") from None
+    if config.cell not in CELLS:
+        raise CheckpointError(f"checkpoint {path} names an unknown cell {config.cell!r}")
+    model = CharRNN(config, np.random.default_rng(0))
+    arrays = ckpt["model"]
+    for name, param in model.named_params().items():
+        if name not in arrays:
+            raise CheckpointError(f"checkpoint {path} lacks the weights {name}")
+        if arrays[name].shape != param.shape:
+            raise CheckpointError(
+                f"checkpoint {path}: {name} has shape {arrays[name].shape}, expected {param.shape}"
+            )
+    model.load_params(arrays)
+    return model, ckpt

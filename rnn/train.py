@@ -1,7 +1,7 @@
 """Train a character-level RNN, LSTM or GRU, written in NumPy, on text or on names.
 
     python train.py                                   # LSTM on the embedded stdlib corpus
-    python train.py --cell gru --dataset shakespeare --data-dir /work/shared/data
+    python train.py --cell gru --dataset shakespeare --data-dir DATA
     python train.py --text-file my.txt                # any UTF-8 text file
     python train.py --names-file names.txt            # a name generator (one name per line)
 
@@ -24,31 +24,60 @@ from data import (
     TextBatches,
     Vocabulary,
     pad_names,
-    sample_names,
-    sample_text,
+    read_names_file,
     unigram_bigram_losses,
 )
-from inference import load_model
-from model import CELLS, Adam, CharRNN, ModelConfig, clip_grad_norm
+from model import (
+    CELLS,
+    Adam,
+    CharRNN,
+    ModelConfig,
+    clip_grad_norm,
+    training_bytes,
+)
+from report import plot_losses, write_samples
 from threadpoolctl import threadpool_limits
 
-from shared.checkpoint import save_arrays
-from shared.cli import RunConfig, arg, cli_main
+from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.data import load_names, load_text, split_text
 from shared.errors import CheckpointError, UserError
 from shared.logging import progress, start_run
-from shared.plots import plot_curves
-from shared.runtime import seed_everything
+from shared.runtime import check_fits_in_memory, seed_everything
+from shared.state import TrainingState, load_for_resume
 
 HERE = Path(__file__).parent
 CHECKPOINT = "model.npz"
+# flags that decide the data, the model or the batches: a resumed run must keep them
+MUST_MATCH = ("dataset", "text_file", "names_file", "cell", "n_embd", "hidden", "n_layer")
+MUST_MATCH += ("batch_size", "seq_len", "seed")
 
 
 @dataclass
 class TrainConfig(RunConfig):
+    PRESETS = {
+        "names": Preset(
+            "makemore's 32,033 names (DATA/names/names.txt), an LSTM of width 192, 10,000 steps",
+            dict(
+                dataset="names", cell="lstm", hidden=192, batch_size=32, max_steps=10_000,
+                time_budget=1200.0, eval_interval=500, checkpoint_interval=500,
+            ),
+            anchor="makemore on names.txt: MLP 2.17, BatchNorm MLP 2.10, WaveNet 1.993 nats/char",
+            report=("val_bits_per_char", "steps"),
+        ),
+        "shakespeare": Preset(
+            "tiny Shakespeare (DATA/shakespeare/input.txt), a GRU of width 256, 5,000 steps",
+            dict(
+                dataset="shakespeare", cell="gru", hidden=256, batch_size=32, seq_len=100,
+                max_steps=5_000, time_budget=1800.0, eval_interval=250,
+                checkpoint_interval=500,
+            ),
+            anchor="char-rnn, a 3-layer LSTM of width 512 on tiny Shakespeare: 1.395 nats/char",
+            report=("val_bits_per_char", "steps"),
+        ),
+    }  # fmt: skip
     dataset: str = arg("stdlib", "text corpus", choices=("stdlib", "shakespeare", "names"))
     text_file: str = arg("", "train on this UTF-8 text file instead of --dataset")
-    names_file: str = arg("", "train a name generator on this file (one name per line)")
+    names_file: str = arg("", "train a name generator on this file (one name per line, case kept)")
     cell: str = arg("lstm", "recurrent cell", choices=CELLS)
     n_embd: int = arg(64, "character embedding width", min=1)
     hidden: int = arg(128, "hidden state width of each recurrent layer", min=1)
@@ -89,7 +118,10 @@ class Corpus:
 def load_corpus(cfg: TrainConfig) -> Corpus:
     """The text (90/10 split, in order) or the names (shuffled by seed, 90/10 split)."""
     if cfg.names_file or cfg.dataset == "names":
-        names = load_names(path=cfg.names_file or None, data_dir=cfg.data_dir)
+        if cfg.names_file:
+            names = read_names_file(cfg.names_file)
+        else:
+            names = load_names(data_dir=cfg.data_dir)  # makemore's names.txt, all lower case
         names = [names[i] for i in np.random.default_rng(cfg.seed).permutation(len(names))]
         if cfg.dry_run:
             names = names[:500]
@@ -123,6 +155,16 @@ def baselines(corpus: Corpus) -> tuple[float, float]:
     return unigram_bigram_losses(stream(corpus.train), stream(corpus.val), len(corpus.vocab))
 
 
+def make_batches(corpus: Corpus, cfg: TrainConfig):
+    """Text: (B, T) windows of the training and validation streams. Names: the validation
+    names in padded batches of 256 (training draws random names at every step instead)."""
+    if corpus.mode == "text":
+        train_batches = TextBatches(corpus.train, cfg.batch_size, cfg.seq_len)
+        return train_batches, TextBatches(corpus.val, min(cfg.batch_size, 32), cfg.seq_len)
+    val = corpus.val
+    return None, [pad_names(val[i : i + 256], corpus.vocab) for i in range(0, len(val), 256)]
+
+
 def evaluate(model: CharRNN, corpus: Corpus, val_batches, max_chars: int | None = None) -> float:
     """Mean validation loss in nats per character; text: about max_chars of it (None: all)."""
     if corpus.mode == "text":  # windows in order, state carried, as in training
@@ -147,20 +189,30 @@ def evaluate(model: CharRNN, corpus: Corpus, val_batches, max_chars: int | None 
 def main(cfg: TrainConfig) -> dict:
     if cfg.dry_run:  # a tiny model and a few steps of every stage
         cfg = dataclasses.replace(
-            cfg, n_embd=8, hidden=16, batch_size=4, seq_len=16, max_steps=6, eval_interval=3,
+            cfg, n_embd=8, hidden=16, batch_size=4, seq_len=16, max_steps=6, eval_interval=1,
             checkpoint_interval=3, sample_length=60, time_budget=0,
         )  # fmt: skip
     with threadpool_limits(cfg.threads):  # many tiny matrix products: threads only add overhead
         return train(cfg)
 
 
+def build_model(cfg: TrainConfig, vocab_size: int, rng: np.random.Generator) -> CharRNN:
+    """The network the flags describe, once an estimate of its memory says it fits."""
+    config = ModelConfig(vocab_size, cfg.cell, cfg.n_embd, cfg.hidden, cfg.n_layer)
+    check_fits_in_memory(
+        training_bytes(config, cfg.batch_size, cfg.seq_len),
+        f"--hidden {cfg.hidden} --n-layer {cfg.n_layer} --batch-size {cfg.batch_size}",
+    )
+    return CharRNN(config, rng)
+
+
 def train(cfg: TrainConfig) -> dict:
     rng = seed_everything(cfg.seed)
     corpus = load_corpus(cfg)
+    ckpt = load_for_resume(cfg, HERE, CHECKPOINT, must_match=MUST_MATCH)
     run = start_run(f"{cfg.cell} on {corpus.name}", cfg, HERE)
     vocab = corpus.vocab
-    model_config = ModelConfig(len(vocab), cfg.cell, cfg.n_embd, cfg.hidden, cfg.n_layer)
-    model = CharRNN(model_config, rng)
+    model = build_model(cfg, len(vocab), rng)
     optimizer = Adam(model.named_params(), model.named_grads(), cfg.lr)
     grads = list(model.named_grads().values())
     unigram_loss, bigram_loss = baselines(corpus)
@@ -169,55 +221,50 @@ def train(cfg: TrainConfig) -> dict:
         f"unigram {unigram_loss:.3f}, bigram {bigram_loss:.3f} nats/char"
     )
 
-    if corpus.mode == "text":
-        train_batches = TextBatches(corpus.train, cfg.batch_size, cfg.seq_len)
-        val_batches = TextBatches(corpus.val, min(cfg.batch_size, 32), cfg.seq_len)
-    else:
-        val_batches = [
-            pad_names(corpus.val[i : i + 256], vocab) for i in range(0, len(corpus.val), 256)
-        ]
+    train_batches, val_batches = make_batches(corpus, cfg)
 
-    history = {"step": [], "train_loss": [], "val_loss": []}
-    step = 0
-    checkpoint = run.path / CHECKPOINT
-    if cfg.resume and checkpoint.exists():
-        saved, arrays, meta = load_model(checkpoint)
-        if meta["model"] != dataclasses.asdict(model_config) or meta["chars"] != vocab.chars:
-            raise CheckpointError(f"checkpoint {checkpoint} was trained with other flags or data")
-        model.load_params(saved.named_params())
-        optimizer.load_state(arrays, meta["step"])
-        step, history = meta["step"], meta["history"]  # the carried state restarts from zeros
-        print(f"resuming from step {step} of {checkpoint}")
+    # everything the next step depends on: weights, Adam's moments, the generator that picks
+    # names, the hidden state carried between windows, and the losses since the last log line
+    parts = dict(model=model, optimizer=optimizer, data_rng=rng)
+    state = TrainingState(run.path / CHECKPOINT, cfg, **parts)
+    step = state.restore(ckpt)
+    if ckpt is not None:
+        if ckpt["chars"] != vocab.chars:
+            raise CheckpointError(f"checkpoint {ckpt['path']} was trained on other characters")
+        print(f"resuming from step {step} of {ckpt['path']}")
+    history = state.extra.get("history", {"step": [], "train_loss": [], "val_loss": []})
+    carried, window_loss = state.extra.get("carried"), state.extra.get("window_loss", [])
 
     def save():
-        meta = {
-            "model": dataclasses.asdict(model_config),
-            "chars": vocab.chars,
-            "mode": corpus.mode,
-            "step": step,
-            "history": history,
-        }
-        save_arrays(checkpoint, {**model.named_params(), **optimizer.state()}, meta)
+        state.save(
+            step,
+            model_config=dataclasses.asdict(model.config),
+            chars=vocab.chars,
+            mode=corpus.mode,
+            history=history,
+            carried=carried,
+            window_loss=window_loss,
+        )
 
-    start, state, window_loss = time.time(), None, []
+    start = time.time()
     bar = progress(range(step + 1, cfg.max_steps + 1), desc=f"train {cfg.cell}")
     for step in bar:  # step = steps done once this one is
         # 1. a batch: the next window of every stream (text) or random names
         if corpus.mode == "text":
             if (step - 1) % train_batches.n_windows == 0:
-                state = None  # back at the start of the streams: nothing to carry over
+                carried = None  # back at the start of the streams: nothing to carry over
             x, y = train_batches.window(step - 1)
         else:
             picked = rng.integers(0, len(corpus.train), cfg.batch_size)
             x, y = pad_names([corpus.train[i] for i in picked], vocab)
-            state = None  # every name starts from zeros
+            carried = None  # every name starts from zeros
         # 2. forward, carrying the state; backward stops at the window's start (truncated BPTT)
-        _, loss, state = model.forward(x, y, state)
+        _, loss, carried = model.forward(x, y, carried)
         model.backward()
         # 3. clip the global norm, then Adam
         grad_norm = clip_grad_norm(grads, cfg.grad_clip)
         optimizer.step()
-        window_loss.append(loss)
+        window_loss.append(float(loss))
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             val_loss = evaluate(model, corpus, val_batches, cfg.eval_chars)
             train_loss = float(np.mean(window_loss))
@@ -238,28 +285,21 @@ def train(cfg: TrainConfig) -> dict:
     history["val_loss"][-1] = evaluate(model, corpus, val_batches)  # the final score: all of it
     save()
 
-    # 4. figures and samples
-    last = history["step"][-1]
-    plot_curves(
-        run.path / "loss.png",
-        {
-            "train": (history["step"], history["train_loss"]),
-            "validation": (history["step"], history["val_loss"]),
-            "unigram baseline": ([0, last], [unigram_loss] * 2),
-            "bigram baseline": ([0, last], [bigram_loss] * 2),
-        },
-        ylabel="loss (nats per character)",
-        title=f"{cfg.cell.upper()} on {corpus.name}",
-    )
-    sample_rng = np.random.default_rng(cfg.seed)
-    if corpus.mode == "text":
-        sample = sample_text(model, vocab, "", cfg.sample_length, sample_rng, cfg.temperature)
-    else:
-        sample = "\n".join(sample_names(model, vocab, "", 20, sample_rng, cfg.temperature))
-    (run.path / "samples.txt").write_text(sample + "\n", encoding="utf-8")
+    return finish(run, cfg, corpus, model, history, (unigram_loss, bigram_loss))
+
+
+def finish(run, cfg: TrainConfig, corpus: Corpus, model: CharRNN, history: dict, ngram) -> dict:
+    """Figures, samples, the summary line and metrics.json of a finished run."""
+    unigram_loss, bigram_loss = ngram
+    title = f"{cfg.cell.upper()} on {corpus.name}"
+    plot_losses(run.path / "loss.png", history, ngram, title)
+    sample = write_samples(
+        run.path / "samples.txt", model, corpus.vocab, corpus.mode, cfg.sample_length,
+        cfg.temperature, cfg.seed,
+    )  # fmt: skip
     print(sample[:300])
 
-    val_loss = history["val_loss"][-1]
+    step, val_loss = history["step"][-1], history["val_loss"][-1]
     print(
         f"after {step} steps: train {history['train_loss'][-1]:.3f}, validation {val_loss:.3f} "
         f"nats/char ({val_loss / math.log(2):.3f} bits/char); bigram baseline {bigram_loss:.3f}"

@@ -41,6 +41,32 @@ def test_name_model_generates_names_from_a_chosen_first_letter(tmp_path):
     )
     lines = out.stdout.rstrip("\n").split("\n")
     assert len(lines) == 5 and all(line.startswith("k") for line in lines)
+    threaded = run_script(
+        PROJECT, "inference.py", "--checkpoint", checkpoint, "--start", "k", "--count", "5",
+        "--threads", "2",
+    )  # fmt: skip
+    assert threaded.stdout == out.stdout  # threads change the speed, never the samples
+
+
+def test_a_names_file_keeps_its_capital_letters(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(["Chloe", "Carl", "Anna", "Bob"] * 30))
+    run_script(PROJECT, "train.py", "--dry-run", "--names-file", names, "--out", tmp_path / "run")
+    checkpoint = tmp_path / "run" / "model.npz"
+    out = run_script(
+        PROJECT, "inference.py", "--checkpoint", checkpoint, "--start", "C", "--count", "4"
+    )
+    lines = out.stdout.rstrip("\n").split("\n")
+    assert len(lines) == 4 and all(line.startswith("C") for line in lines)
+
+
+def test_a_model_too_large_for_memory_stops_before_allocating(tmp_path):
+    text = tmp_path / "tiny.txt"
+    text.write_text("abcdefgh " * 300)
+    args = ["--text-file", text, "--hidden", "1000000", "--out", tmp_path / "run"]
+    result = run_script(PROJECT, "train.py", *args, expect_code=2)
+    assert result.stderr.startswith("error: --hidden 1000000 --n-layer 1 --batch-size ")
+    assert "GB free" in result.stderr and not (tmp_path / "run" / "model.npz").exists()
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
@@ -56,6 +82,8 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert metrics["steps"] == 8
     log_steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").open()]
     assert log_steps == [2, 4, 6, 8]  # the second run picked up where the first stopped
+    other = run_script(PROJECT, "train.py", *tiny, "--resume", "--hidden", "9", expect_code=2)
+    assert "trained with --hidden 8, not 9" in other.stderr
 
 
 def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
