@@ -195,14 +195,8 @@ def main(cfg: TrainConfig) -> dict:
     ae_optimizer = torch.optim.Adam(model.autoencoder.parameters(), lr=cfg.ae_lr)
     diffusion_params = [*model.unet.parameters(), *model.text_encoder.parameters()]
     optimizer = torch.optim.AdamW(diffusion_params, lr=cfg.lr, weight_decay=0.01)
-    state = TrainingState(
-        run.path / CHECKPOINT,
-        cfg,
-        model=model,
-        ae_optimizer=ae_optimizer,
-        optimizer=optimizer,
-        data_rng=rng,
-    )
+    parts = dict(model=model, ae_optimizer=ae_optimizer, optimizer=optimizer, data_rng=rng)
+    state = TrainingState(run.path / CHECKPOINT, cfg, **parts)
     start = state.restore(ckpt)
     total = cfg.ae_steps + cfg.unet_steps
 
@@ -250,7 +244,11 @@ def main(cfg: TrainConfig) -> dict:
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             save(step + 1)
 
-    # Evaluation: prompt accuracy at several guidance scales, then the figures.
+    return finish(run, model, tokenizer, cfg, device)
+
+
+def finish(run, model, tokenizer, cfg: TrainConfig, device) -> dict:
+    """Prompt accuracy at several guidance scales, the figures, and metrics.json."""
     model.eval()
     judge = get_judge(cfg.dataset, cfg.data_dir, device)
     by_guidance = {}
