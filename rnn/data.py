@@ -9,29 +9,11 @@ Two ways to feed a recurrent net:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from shared.errors import DataError, UserError
 
 BOUNDARY = "\n"  # start and end of a name; in a text it is just a line break
-
-
-def read_names_file(path) -> list[str]:
-    """One name per line, spelled as in the file: "Chloe" stays "Chloe", so a model trained on
-    capitalised names can be started with `inference.py --start C`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"names file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"names file {path} is not UTF-8 text") from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise DataError(f"names file {path} has no names")
-    return names
 
 
 class Vocabulary:

@@ -24,7 +24,6 @@ from data import (
     TextBatches,
     Vocabulary,
     pad_names,
-    read_names_file,
     unigram_bigram_losses,
 )
 from model import (
@@ -119,7 +118,7 @@ def load_corpus(cfg: TrainConfig) -> Corpus:
     """The text (90/10 split, in order) or the names (shuffled by seed, 90/10 split)."""
     if cfg.names_file or cfg.dataset == "names":
         if cfg.names_file:
-            names = read_names_file(cfg.names_file)
+            names = load_names(cfg.names_file, lower=False)  # spelled as in the file
         else:
             names = load_names(data_dir=cfg.data_dir)  # makemore's names.txt, all lower case
         names = [names[i] for i in np.random.default_rng(cfg.seed).permutation(len(names))]

@@ -389,8 +389,11 @@ def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def load_names(path: str | os.PathLike | None = None, data_dir=None) -> list[str]:
-    """One name per line, lower-cased: makemore's names.txt by default (downloaded once)."""
+def load_names(
+    path: str | os.PathLike | None = None, data_dir=None, lower: bool = True
+) -> list[str]:
+    """One name per line: makemore's names.txt by default (downloaded once). Lower-cased unless
+    `lower=False`, which keeps a file's own spelling ("Chloe" stays "Chloe")."""
     if path is None:
         path = resolve_data_dir(data_dir) / "names" / "names.txt"
         if not path.exists():
@@ -402,7 +405,7 @@ def load_names(path: str | os.PathLike | None = None, data_dir=None) -> list[str
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DataError(f"names file {path} is not UTF-8 text") from None
-    names = [line.strip().lower() for line in text.splitlines()]
+    names = [line.strip().lower() if lower else line.strip() for line in text.splitlines()]
     names = [name for name in names if name]
     if not names:
         raise DataError(f"names file {path} has no names")

@@ -181,3 +181,10 @@ def test_ring8_points_sit_near_their_mode():
     X, y = make_toy("ring8", n=800, seed=0)
     distance = np.linalg.norm(X - ring8_modes()[y], axis=1)
     assert distance.mean() < 0.1 and len(np.unique(y)) == 8
+
+
+def test_names_keep_their_spelling_when_asked(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_text("Chloe\n\nemma\n")
+    assert load_names(path) == ["chloe", "emma"]
+    assert load_names(path, lower=False) == ["Chloe", "emma"]
