@@ -17,14 +17,17 @@ from pathlib import Path
 import numpy as np
 from data import load_dataset, read_image, standardise
 
-from shared.checkpoint import load_arrays, load_checkpoint, load_model_state
+from shared.checkpoint import load_model_state
 from shared.cli import arg, cli_main
 from shared.data import load_images, resize_images
 from shared.errors import CheckpointError, UserError
 from shared.logging import latest_run
 from shared.plots import save_image
+from shared.runtime import set_threads
+from shared.state import read_state
 
 PROJECT_DIR = Path(__file__).parent
+REQUIRED = ("model", "model_config", "train_config", "classes", "mean", "std")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class InferenceConfig:
     write_examples: str = arg("", "write one test digit per class as PNG into this folder, exit")
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps (PyTorch checkpoints)")
     data_dir: str = arg("", "where datasets live, for --index on real data")
+    threads: int = arg(1, "BLAS/torch threads (small matrices run best on one)", min=1)
 
 
 def write_examples(folder: str) -> None:
@@ -51,36 +55,29 @@ def write_examples(folder: str) -> None:
 
 
 def load_classifier(path: Path, device_name: str):
-    """(predict_logits, meta): a function (N, C, H, W) -> (N, classes), rebuilt from the file."""
+    """(predict_logits, ckpt): a function (N, C, H, W) -> (N, classes), rebuilt from the file."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist (train first: python train.py)")
+    ckpt = read_state(path, required=REQUIRED)
     if path.suffix == ".npz":
         from numpy_cnn import NumpyCNN, NumpyCNNConfig
 
-        arrays, meta = load_arrays(path)
-        if "model_config" not in meta:
-            raise CheckpointError(f"checkpoint {path} has no model_config: not written by train.py")
-        model_cfg = NumpyCNNConfig(**meta["model_config"])
+        model_cfg = NumpyCNNConfig(**ckpt["model_config"])
         model_cfg.channels = tuple(model_cfg.channels)
-        model = NumpyCNN(model_cfg).train(False)
-        problems = model.load_state_dict(arrays)
-        if problems:
-            raise CheckpointError(f"checkpoint {path} does not fit the model: {problems[:3]}")
-        return model.forward, meta
+        model = NumpyCNN(model_cfg)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {path} does not fit the model: {err}") from None
+        return model.predict_logits, ckpt
 
-    import torch
-    from model import ModelConfig, build_model
+    from model import ModelConfig, build_model, predict_logits
 
     from shared.runtime import get_device
 
-    ckpt = load_checkpoint(path, required=("model", "model_config", "config", "classes"))
-    device = get_device(device_name)
-    model = build_model(ModelConfig(**ckpt["model_config"])).to(device).eval()
+    model = build_model(ModelConfig(**ckpt["model_config"])).to(get_device(device_name))
     load_model_state(model, ckpt["model"], path)
-
-    def predict_logits(x):
-        with torch.no_grad():
-            return model(torch.from_numpy(x).to(device)).cpu().numpy()
-
-    return predict_logits, ckpt
+    return (lambda x: predict_logits(model, x)), ckpt
 
 
 def find_checkpoint(given: str) -> Path:
@@ -100,8 +97,13 @@ def main(cfg: InferenceConfig) -> list[dict]:
     if cfg.images and cfg.index >= 0:
         raise UserError("give image files or --index, not both")
     path = find_checkpoint(cfg.checkpoint)
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    threadpool_limits(cfg.threads)  # NumPy's BLAS
+    if path.suffix == ".pt":
+        set_threads(cfg.threads)  # torch's own pool
     predict_logits, meta = load_classifier(path, cfg.device)
-    train_cfg, classes = meta["config"], meta["classes"]
+    train_cfg, classes = meta["train_config"], meta["classes"]
     model_cfg = meta["model_config"]
     channels, size = model_cfg["in_channels"], model_cfg["image_size"]
 

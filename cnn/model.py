@@ -203,6 +203,16 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown model {cfg.name!r} (choose from {', '.join(MODELS)})")
 
 
+@torch.no_grad()
+def predict_logits(model: nn.Module, x, batch: int = 512):
+    """Logits (N, num_classes) as a NumPy array for standardised images x (N, C, H, W), in
+    evaluation mode (running batch-norm statistics, no dropout), batch by batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = [model(torch.from_numpy(x[i : i + batch]).to(device)) for i in range(0, len(x), batch)]
+    return torch.cat(parts).cpu().numpy()
+
+
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
     """The first convolution, whose filters the run draws; None for the MLP."""
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)

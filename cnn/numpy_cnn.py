@@ -301,12 +301,32 @@ def softmax_cross_entropy(logits, y):
 # ----------------------------------------------------------------------------- optimizers
 
 
+def copy_arrays(targets: dict, saved: dict, what: str) -> None:
+    """Copy saved arrays into `targets` in place (the optimizers and the layers hold references
+    to them); ValueError naming the entries that are missing or have another shape."""
+    problems = [
+        name
+        for name, target in targets.items()
+        if name not in saved or np.shape(saved[name]) != target.shape
+    ]
+    if problems:
+        raise ValueError(f"{what} entries missing or of another shape: {', '.join(problems[:3])}")
+    for name, target in targets.items():
+        target[...] = saved[name]
+
+
 class SGD:
     """Momentum SGD as torch.optim.SGD: v = mu v + g (+ wd p), p = p - lr v."""
 
     def __init__(self, params, lr=0.1, momentum=0.9, weight_decay=0.0):
         self.params, self.lr, self.momentum, self.weight_decay = params, lr, momentum, weight_decay
         self.state = {name: np.zeros_like(p) for name, (p, _) in params.items()}
+
+    def state_dict(self):
+        return {"state": self.state}
+
+    def load_state_dict(self, saved):
+        copy_arrays(self.state, saved["state"], "SGD momentum")
 
     def step(self):
         for name, (p, g) in self.params.items():
@@ -326,6 +346,13 @@ class Adam:
         for name, (p, _) in params.items():
             self.state[name + ".m"] = np.zeros_like(p)
             self.state[name + ".v"] = np.zeros_like(p)
+
+    def state_dict(self):
+        return {"state": self.state, "t": self.t}  # t: the step count of the bias correction
+
+    def load_state_dict(self, saved):
+        copy_arrays(self.state, saved["state"], "Adam moment")
+        self.t = int(saved["t"])
 
     def step(self):
         self.t += 1
@@ -355,6 +382,25 @@ class NumpyCNNConfig:
     batchnorm: bool = True
 
 
+def feature_side(cfg: NumpyCNNConfig) -> int:
+    """The side of the last pooled feature map: each stage is a conv with padding kernel // 2
+    ("same" for odd kernels; an even kernel grows the side by one), then a 2x2 max pool."""
+    side = cfg.image_size
+    for _ in cfg.channels:
+        side = out_size(out_size(side, cfg.kernel, 1, cfg.kernel // 2), 2, 2, 0)
+    return side
+
+
+def count_parameters(cfg: NumpyCNNConfig) -> int:
+    """Weights and biases of NumpyCNN(cfg), without building it (for the memory estimate)."""
+    c1, c2 = cfg.channels
+    k2 = cfg.kernel**2
+    convs = c1 * (cfg.in_channels * k2 + 1) + c2 * (c1 * k2 + 1)
+    norms = 2 * (c1 + c2) if cfg.batchnorm else 0
+    n_flat = c2 * feature_side(cfg) ** 2
+    return convs + norms + cfg.hidden * (n_flat + 1) + cfg.num_classes * (cfg.hidden + 1)
+
+
 class NumpyCNN:
     """conv-[bn]-relu-maxpool, conv-[bn]-relu-maxpool, flatten, dropout, dense-relu, dense."""
 
@@ -362,18 +408,16 @@ class NumpyCNN:
         rng = rng if rng is not None else np.random.default_rng(0)
         self.cfg = cfg
         c1, c2 = cfg.channels
-        pad = cfg.kernel // 2  # "same" for odd kernels; an even kernel grows the side by one
+        side = feature_side(cfg)
+        if side < 1:
+            raise ValueError(f"images of side {cfg.image_size} vanish after two conv-pool stages")
         layers = []
-        side = cfg.image_size
         for c_in, c_out in ((cfg.in_channels, c1), (c1, c2)):
-            layers.append(Conv2D(c_in, c_out, cfg.kernel, 1, pad, rng, dtype))
+            layers.append(Conv2D(c_in, c_out, cfg.kernel, 1, cfg.kernel // 2, rng, dtype))
             if cfg.batchnorm:
                 layers.append(BatchNorm2d(c_out, dtype=dtype))
             layers += [ReLU(), MaxPool2D(2)]
-            side = out_size(out_size(side, cfg.kernel, 1, pad), 2, 2, 0)  # conv, then pool
-        if side < 1:
-            raise ValueError(f"images of side {cfg.image_size} vanish after two conv-pool stages")
-        n_flat = c2 * side * side
+        n_flat = c2 * side * side  # (N, c2, side, side) flattened
         layers += [
             Flatten(),
             Dropout(cfg.dropout, rng),
@@ -424,15 +468,13 @@ class NumpyCNN:
         return {**state, **self.buffers()}
 
     def load_state_dict(self, state):
-        """Copy arrays in place; returns the names that are missing or have the wrong shape."""
-        problems = []
+        """Copy arrays in place; ValueError naming what is missing or has another shape."""
         targets = {n: p for n, (p, _) in self.parameters().items()} | self.buffers()
-        for name, target in targets.items():
-            if name not in state or state[name].shape != target.shape:
-                problems.append(name)
-            else:
-                target[...] = state[name]
-        return problems
+        copy_arrays(targets, state, "model")
+
+    def predict_logits(self, x, batch=512):  # x: (N, C, H, W) -> (N, num_classes), eval mode
+        self.train(False)
+        return np.concatenate([self.forward(x[i : i + batch]) for i in range(0, len(x), batch)])
 
     def first_layer_filters(self):
         return self.layers[0].params["W"]  # (F, C, K, K)

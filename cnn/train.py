@@ -1,12 +1,13 @@
 """Train an image classifier: the NumPy CNN (default) or LeNet-5, AlexNet, ResNet-18, an MLP.
 
     python train.py                                  # NumPy CNN on the bundled digits
-    python train.py --model lenet5 --dataset mnist --data-dir /work/shared/data
+    python train.py --model lenet5                   # LeNet-5 (PyTorch) on the same digits
+    python train.py --preset fashion-resnet --data-dir DATA   # Fashion-MNIST, ResNet-18
     python train.py --model resnet18 --image-dir my_photos/   # one subfolder per class
 
 Each run folder gets the checkpoint (model.npz for NumPy, model.pt for PyTorch), metrics.json,
-log.jsonl, loss and accuracy curves, a confusion matrix, misclassified test images, the
-first-layer filters and the feature maps of one test image.
+log.jsonl and the figures of report.py. `--resume` continues a killed run exactly: the weights,
+the optimizer's moments, every random generator, and the position inside the epoch come back.
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy_cnn
+import report
 from data import augment, channel_stats, load_dataset, standardise
-from report import write_figures
+from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
-from shared.checkpoint import load_arrays, load_checkpoint, save_arrays, save_checkpoint
-from shared.cli import RunConfig, arg, cli_main
+from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.data import IMAGE_DATASETS
 from shared.errors import UserError
 from shared.logging import progress, start_run
-from shared.runtime import seed_everything
+from shared.runtime import check_fits_in_memory, seed_everything, set_threads
+from shared.state import TrainingState, load_for_resume
 
 PROJECT_DIR = Path(__file__).parent
 ALL_MODELS = ("numpy-cnn", "lenet5", "lenet5-modern", "alexnet", "resnet18", "mlp")
@@ -38,10 +41,68 @@ DEFAULT_SIZE = {
     "resnet18": 32,
     "mlp": 32,
 }
+# They decide the data, the model and the schedule: a resumed run must use the same.
+MUST_MATCH = (
+    "model",
+    "dataset",
+    "image_dir",
+    "image_size",
+    "max_train",
+    "max_test",
+    "seed",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "channels",
+    "hidden",
+    "batchnorm",
+    "width",
+    "imagenet_stem",
+    "dry_run",
+)
+FASHION_ANCHOR = "d2l, 10 epochs on a GPU: LeNet 77.9%, AlexNet 88.5%, ResNet-18 89.3%"
 
 
 @dataclass
 class TrainConfig(RunConfig):
+    PRESETS = {
+        "fashion-resnet": Preset(
+            "ResNet-18 (a quarter of the width, 28x28 input) on Fashion-MNIST",
+            dict(
+                dataset="fashion-mnist",
+                model="resnet18",
+                width=0.25,
+                image_size=28,
+                epochs=8,
+                batch_size=128,
+                optimizer="sgd",
+                lr=0.1,
+                weight_decay=5e-4,
+                augment_pad=2,
+                flip=True,
+                threads=2,
+            ),
+            anchor=FASHION_ANCHOR,
+            report=("train_accuracy", "epochs"),
+        ),
+        "fashion-numpy": Preset(
+            "the NumPy CNN (32 and 64 channels, 28x28 input) on Fashion-MNIST",
+            dict(
+                dataset="fashion-mnist",
+                image_size=28,
+                channels=(32, 64),
+                hidden=128,
+                epochs=10,
+                batch_size=64,
+                lr=2e-3,
+                augment_pad=2,
+                flip=True,
+                threads=2,
+            ),
+            anchor=FASHION_ANCHOR,
+            report=("train_accuracy", "epochs"),
+        ),
+    }
     model: str = arg("numpy-cnn", "which network", choices=ALL_MODELS)
     dataset: str = arg("digits", "training data", choices=tuple(IMAGE_DATASETS))
     image_dir: str = arg("", "train on your own pictures instead: one subfolder per class")
@@ -53,12 +114,18 @@ class TrainConfig(RunConfig):
     momentum: float = arg(0.9, "SGD momentum", min=0, max=1)
     weight_decay: float = arg(0.0, "L2 penalty added to the gradients", min=0)
     augment_pad: int = arg(1, "random-crop padding in pixels (0: no shifts)", min=0)
-    flip: bool = arg(False, "random horizontal flips (for photos, not digits)")
+    flip: bool = arg(False, "random horizontal flips (for photos and clothes, not digits)")
+    channels: tuple[int, ...] = arg((16, 32), "numpy-cnn: filters of its two convolutions", min=1)
+    hidden: int = arg(64, "numpy-cnn: units of its hidden dense layer", min=1)
     batchnorm: bool = arg(True, "numpy-cnn: batch norm after each convolution")
     width: float = arg(1.0, "alexnet/resnet18: channel multiplier", min=0, min_inclusive=False)
     imagenet_stem: bool = arg(False, "resnet18: 7x7 stride-2 stem and max pool (big images)")
     threads: int = arg(1, "BLAS/torch threads (small matrices run best on one)", min=1)
     max_train: int = arg(0, "use only the first N training images (0: all)", min=0)
+    max_test: int = arg(0, "use only the first N test images (0: all)", min=0)
+    checkpoint_every: int = arg(0, "steps between checkpoints (0: after every epoch)", min=0)
+    log_every: int = arg(10, "steps between training-loss lines in log.jsonl", min=1)
+    figures: bool = arg(True, "write the figures of report.py at the end")
 
     def check(self):
         size = self.image_size or DEFAULT_SIZE[self.model]
@@ -66,8 +133,25 @@ class TrainConfig(RunConfig):
             raise UserError(f"--model {self.model} needs --image-size 32, got {size}")
         if self.model == "alexnet" and size < 63:
             raise UserError(f"--model alexnet needs --image-size >= 63, got {size}")
-        if self.model == "numpy-cnn" and size % 4:
-            raise UserError(f"--model numpy-cnn needs --image-size divisible by 4, got {size}")
+        if self.model == "numpy-cnn" and size < 4:
+            raise UserError(f"--model numpy-cnn needs --image-size >= 4, got {size}")
+        if len(self.channels) != 2:
+            raise UserError(f"--channels takes two numbers, got {len(self.channels)}")
+
+
+def dry_run_config(cfg: TrainConfig) -> TrainConfig:
+    """A few images, a tiny network, two epochs of three steps, a checkpoint every two steps."""
+    return dataclasses.replace(
+        cfg,
+        max_train=96,
+        max_test=48,
+        epochs=2,
+        channels=(4, 8),
+        hidden=16,
+        width=cfg.width / 8,
+        checkpoint_every=2,
+        log_every=1,
+    )
 
 
 def cosine_lr(step: int, total: int, peak: float) -> float:
@@ -75,272 +159,223 @@ def cosine_lr(step: int, total: int, peak: float) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
-def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
-    """Mean -log softmax(logits)[y], for evaluation."""
+def evaluate(predict, inputs: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(mean cross-entropy, accuracy, predicted classes) on standardised images."""
+    logits = predict(inputs)  # (N, classes)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_probs[np.arange(len(y)), y].mean())
+    y_pred = logits.argmax(axis=1)
+    return float(-log_probs[np.arange(len(y)), y].mean()), float((y_pred == y).mean()), y_pred
 
 
-# ----------------------------------------------------------------------------- NumPy CNN
+def load_data(cfg: TrainConfig, size: int):
+    """(x_train, y_train, x_test, y_test, classes): images (N, C, size, size) in [0, 1]."""
+    x_train, y_train, x_test, y_test, classes = load_dataset(
+        cfg.dataset, cfg.image_dir, cfg.data_dir, size, cfg.seed
+    )
+    n_train, n_test = cfg.max_train or len(x_train), cfg.max_test or len(x_test)
+    return x_train[:n_train], y_train[:n_train], x_test[:n_test], y_test[:n_test], classes
 
 
-class NumpyLearner:
-    """The NumPy CNN with its optimizer: train a batch, predict, save, load."""
+def inference_meta(model_cfg, classes, mean, std) -> dict:
+    """What inference.py rebuilds the model and its preprocessing from."""
+    return dict(
+        model_config=dataclasses.asdict(model_cfg),
+        classes=list(classes),
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+    )
 
-    checkpoint_name = "model.npz"
 
-    def __init__(self, cfg: TrainConfig, in_channels: int, num_classes: int, size: int, rng):
-        from numpy_cnn import SGD, Adam, NumpyCNN, NumpyCNNConfig, softmax_cross_entropy
+# ----------------------------------------------------------------------------- the networks
 
-        small = cfg.dry_run
-        self.model_cfg = NumpyCNNConfig(
-            in_channels=in_channels,
-            image_size=size,
-            num_classes=num_classes,
-            channels=(4, 8) if small else (16, 32),
-            hidden=16 if small else 64,
-            batchnorm=cfg.batchnorm,
-        )
-        self.model = NumpyCNN(self.model_cfg, rng)
-        params = self.model.parameters()
+
+def numpy_model_config(cfg: TrainConfig, in_channels: int, num_classes: int, size: int):
+    return numpy_cnn.NumpyCNNConfig(
+        in_channels=in_channels,
+        image_size=size,
+        num_classes=num_classes,
+        channels=tuple(cfg.channels),
+        hidden=cfg.hidden,
+        batchnorm=cfg.batchnorm,
+    )
+
+
+def torch_model_config(cfg: TrainConfig, in_channels: int, num_classes: int, size: int):
+    from model import ModelConfig
+
+    return ModelConfig(
+        name=cfg.model,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        image_size=size,
+        width=cfg.width,
+        cifar_stem=not cfg.imagenet_stem,
+        hidden=32 if cfg.dry_run else 256,
+    )
+
+
+def check_memory(cfg: TrainConfig, size: int) -> None:
+    """Stop before loading or allocating what cannot fit: the resized images (float32, up to
+    70,000 of them), weights with their gradients and two optimizer moments, and per image of
+    a batch about 20 feature maps as wide as the widest layer, at full resolution, with their
+    gradients."""
+    channels = 3 if cfg.image_dir else IMAGE_DATASETS[cfg.dataset].channels
+    n_images = 1797 if cfg.dataset == "digits" and not cfg.image_dir else 70_000
+    if cfg.model == "numpy-cnn":
+        model_cfg = numpy_model_config(cfg, channels, 100, size)
+        n_params, widest = numpy_cnn.count_parameters(model_cfg), max(cfg.channels)
+        flags = f"--image-size {size} --channels {' '.join(map(str, cfg.channels))}"
+    else:
+        from model import build_model
+
+        from shared.runtime import count_parameters
+
+        model_cfg = torch_model_config(cfg, channels, 100, size)
+        n_params = count_parameters(lambda: build_model(model_cfg))
+        widest = 64 * cfg.width
+        flags = f"--image-size {size} --width {cfg.width:g}"
+    images = n_images * channels * size**2 * 4 * 2
+    activations = cfg.batch_size * 20 * widest * size**2 * 4 * 2
+    check_fits_in_memory(
+        images + 16 * n_params + activations, f"{flags} --batch-size {cfg.batch_size}"
+    )
+
+
+def build(cfg: TrainConfig, in_channels: int, num_classes: int, size: int, rng):
+    """(model, its config, optimizer, predict): predict maps standardised images to logits."""
+    if cfg.model == "numpy-cnn":
+        model_cfg = numpy_model_config(cfg, in_channels, num_classes, size)
+        model = numpy_cnn.NumpyCNN(model_cfg, rng)  # rng: initial weights and dropout masks
+        params = model.parameters()
         if cfg.optimizer == "adam":
-            self.opt = Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            optimizer = numpy_cnn.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
-            self.opt = SGD(params, cfg.lr, cfg.momentum, cfg.weight_decay)
-        self.loss_fn = softmax_cross_entropy
+            optimizer = numpy_cnn.SGD(params, cfg.lr, cfg.momentum, cfg.weight_decay)
+        return model, model_cfg, optimizer, model.predict_logits
+    import torch
+    from model import build_model, predict_logits
 
-    def train_step(self, x, y, lr):  # x: (N, C, H, W) standardised, y: (N,)
-        self.model.train(True)
-        self.opt.lr = lr
-        logits = self.model.forward(x)
-        loss, dlogits = self.loss_fn(logits, y)
-        self.model.backward(dlogits, input_grad=False)
-        self.opt.step()
-        return float(loss), logits.argmax(axis=1)
+    from shared.runtime import get_device
 
-    def predict_logits(self, x, batch=512):
-        self.model.train(False)
-        return np.concatenate(
-            [self.model.forward(x[i : i + batch]) for i in range(0, len(x), batch)]
+    set_threads(cfg.threads)
+    device = get_device(cfg.device)
+    model_cfg = torch_model_config(cfg, in_channels, num_classes, size)
+    model = build_model(model_cfg).to(device)  # initial weights from torch's global generator
+    if cfg.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(), cfg.lr, cfg.momentum, weight_decay=cfg.weight_decay
         )
-
-    def filters_and_maps(self, x_one):
-        self.model.train(False)
-        return self.model.first_layer_filters(), self.model.feature_maps(x_one)[0]
-
-    def save(self, path: Path, meta: dict):
-        arrays = dict(self.model.state_dict())
-        arrays.update({f"opt.{k}": v for k, v in self.opt.state.items()})
-        adam_steps = getattr(self.opt, "t", 0)  # Adam's bias correction needs the step count
-        meta = {**meta, "model_config": dataclasses.asdict(self.model_cfg), "opt_t": adam_steps}
-        save_arrays(path, arrays, meta)
-
-    def load(self, path: Path) -> dict:
-        arrays, meta = load_arrays(path)
-        problems = self.model.load_state_dict(arrays)
-        if problems:
-            raise UserError(f"checkpoint {path} does not fit the model: {', '.join(problems[:3])}")
-        missing = [k for k in self.opt.state if f"opt.{k}" not in arrays]
-        if missing:
-            raise UserError(
-                f"checkpoint {path} holds no {type(self.opt).__name__} state: "
-                "resume with the --optimizer it was trained with"
-            )
-        for k, v in self.opt.state.items():
-            v[...] = arrays[f"opt.{k}"]
-        if hasattr(self.opt, "t"):
-            self.opt.t = meta["opt_t"]
-        return meta
+    return model, model_cfg, optimizer, lambda x: predict_logits(model, x)
 
 
-# ----------------------------------------------------------------------------- PyTorch
+def numpy_step(model, optimizer, x, y, lr):
+    """Forward, loss, backward by hand, update. x: (N, C, H, W) standardised, y: (N,)."""
+    model.train(True)
+    logits = model.forward(x)  # (N, classes)
+    loss, dlogits = numpy_cnn.softmax_cross_entropy(logits, y)
+    model.backward(dlogits, input_grad=False)  # fills every layer's grads
+    optimizer.lr = lr
+    optimizer.step()
+    return float(loss), logits.argmax(axis=1)
 
 
-class TorchLearner:
-    """One of model.py's networks with its optimizer: the same interface as NumpyLearner."""
+def torch_step(model, optimizer, x, y, lr):
+    """The same step with autograd."""
+    import torch
 
-    checkpoint_name = "model.pt"
-
-    def __init__(self, cfg: TrainConfig, in_channels: int, num_classes: int, size: int, rng):
-        import torch
-        from model import ModelConfig, build_model
-
-        from shared.runtime import get_device, set_threads
-
-        set_threads(cfg.threads)
-        self.torch = torch
-        self.device = get_device(cfg.device)
-        self.model_cfg = ModelConfig(
-            name=cfg.model,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            image_size=size,
-            width=cfg.width / 8 if cfg.dry_run else cfg.width,
-            cifar_stem=not cfg.imagenet_stem,
-            hidden=32 if cfg.dry_run else 256,
-        )
-        self.model = build_model(self.model_cfg).to(self.device)
-        if cfg.optimizer == "adam":
-            self.opt = torch.optim.Adam(
-                self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-            )
-        else:
-            self.opt = torch.optim.SGD(
-                self.model.parameters(), cfg.lr, cfg.momentum, weight_decay=cfg.weight_decay
-            )
-
-    def train_step(self, x, y, lr):
-        torch = self.torch
-        self.model.train()
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        x, y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
-        logits = self.model(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return loss.item(), logits.argmax(dim=1).cpu().numpy()
-
-    def predict_logits(self, x, batch=512):
-        torch = self.torch
-        self.model.eval()
-        with torch.no_grad():
-            parts = [
-                self.model(torch.from_numpy(x[i : i + batch]).to(self.device)).cpu().numpy()
-                for i in range(0, len(x), batch)
-            ]
-        return np.concatenate(parts)
-
-    def filters_and_maps(self, x_one):
-        from model import first_conv
-
-        conv = first_conv(self.model)
-        if conv is None:  # the MLP has no filters
-            return None, None
-        self.model.eval()
-        with self.torch.no_grad():
-            maps = conv(self.torch.from_numpy(x_one).to(self.device))[0]  # (F, H, W)
-        return conv.weight.detach().cpu().numpy(), maps.cpu().numpy()
-
-    def save(self, path: Path, meta: dict):
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(),
-            "model_config": dataclasses.asdict(self.model_cfg),
-            **meta,
-        }
-        save_checkpoint(path, state)
-
-    def load(self, path: Path) -> dict:
-        from shared.checkpoint import load_model_state
-
-        ckpt = load_checkpoint(path, required=("model", "optimizer", "epoch"))
-        load_model_state(self.model, ckpt["model"], path)
-        self.opt.load_state_dict(ckpt["optimizer"])
-        return ckpt
+    device = next(model.parameters()).device
+    model.train()
+    x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    logits = model(x)  # (N, classes)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return loss.item(), logits.argmax(dim=1).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- the run
 
 
-def check_memory(cfg: TrainConfig, size: int) -> None:
-    """Stop before resizing or allocating what cannot fit: the resized images (float32, up to
-    70,000 of them and 3 channels, as the largest built-in datasets) and, per image of a
-    batch, about 20 feature maps of 64 x width channels at full resolution with gradients."""
-    from shared.runtime import check_fits_in_memory
-
-    n_images = 1797 if cfg.dataset == "digits" and not cfg.image_dir else 70_000
-    images = n_images * 3 * size**2 * 4
-    activations = cfg.batch_size * 20 * 64 * cfg.width * size**2 * 4 * 2
-    flags = f"--image-size {size} --width {cfg.width:g} --batch-size {cfg.batch_size}"
-    check_fits_in_memory(images + activations, flags)
-
-
 def main(cfg: TrainConfig) -> dict:
-    check_memory(cfg, cfg.image_size or DEFAULT_SIZE[cfg.model])
-    run = start_run(f"cnn: {cfg.model} on {cfg.image_dir or cfg.dataset}", cfg, PROJECT_DIR)
-    rng = seed_everything(cfg.seed)
-    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
+    if cfg.dry_run:
+        cfg = dry_run_config(cfg)
+    is_numpy = cfg.model == "numpy-cnn"
+    checkpoint = "model.npz" if is_numpy else "model.pt"
+    ckpt = load_for_resume(cfg, PROJECT_DIR, checkpoint, must_match=MUST_MATCH)
+    size = cfg.image_size or DEFAULT_SIZE[cfg.model]
+    check_memory(cfg, size)
+    rng = seed_everything(cfg.seed)  # initial weights, augmentation, NumPy dropout
     threadpool_limits(cfg.threads)  # many threads on small matrices are slower, not faster
 
     # 1. data: resized for the model, standardised with the training set's statistics
-    size = cfg.image_size or DEFAULT_SIZE[cfg.model]
-    x_train, y_train, x_test, y_test, classes = load_dataset(
-        cfg.dataset, cfg.image_dir, cfg.data_dir, size, cfg.seed
-    )
-    if cfg.max_train:
-        x_train, y_train = x_train[: cfg.max_train], y_train[: cfg.max_train]
-    if cfg.dry_run:
-        x_train, y_train, x_test, y_test = x_train[:96], y_train[:96], x_test[:48], y_test[:48]
+    x_train, y_train, x_test, y_test, classes = load_data(cfg, size)
     mean, std = channel_stats(x_train)
     test_in = standardise(x_test, mean, std)
-    in_channels, num_classes = x_train.shape[1], len(classes)
+    run = start_run(f"cnn: {cfg.model} on {cfg.image_dir or cfg.dataset}", cfg, PROJECT_DIR)
 
-    # 2. model and optimizer
-    Learner = NumpyLearner if cfg.model == "numpy-cnn" else TorchLearner
-    learner = Learner(cfg, in_channels, num_classes, size, rng)
-    ckpt_path = run.path / Learner.checkpoint_name
-    history = {
-        k: [] for k in ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
-    }
-    start_epoch = 0
-    if cfg.resume:
-        meta = learner.load(ckpt_path)
-        history, start_epoch = meta["history"], meta["epoch"]
-        print(f"resumed from {ckpt_path} after epoch {start_epoch}")
+    # 2. model and optimizer; everything the next step depends on is in `state`
+    model, model_cfg, optimizer, predict = build(cfg, x_train.shape[1], len(classes), size, rng)
+    train_step = numpy_step if is_numpy else torch_step
+    state = TrainingState(
+        run.path / checkpoint, cfg, model=model, optimizer=optimizer, generator=rng
+    )
+    start = state.restore(ckpt)
+    epoch_loss = state.extra.get("epoch_loss", 0.0)  # sums over the epoch so far
+    epoch_correct = state.extra.get("epoch_correct", 0)
+    for_inference = inference_meta(model_cfg, classes, mean, std)
 
     # 3. train: augmented batches, cosine learning rate, evaluation after every epoch
     steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    epochs = 1 if cfg.dry_run else cfg.epochs
-    total_steps = epochs * steps_per_epoch
-    for epoch in range(start_epoch, epochs):
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
-        losses, correct = [], 0
-        for b in progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}"):
-            index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x = augment(x_train[index], rng, cfg.augment_pad, cfg.flip)
-            lr = cosine_lr(epoch * steps_per_epoch + b, total_steps, cfg.lr)
-            loss, pred = learner.train_step(standardise(x, mean, std), y_train[index], lr)
-            losses.append(loss)
-            correct += int((pred == y_train[index]).sum())
-        logits = learner.predict_logits(test_in)
-        test_loss = cross_entropy(logits, y_test)
-        test_acc = float((logits.argmax(axis=1) == y_test).mean())
-        train_loss, train_acc = float(np.mean(losses)), correct / len(x_train)
-        for key, value in zip(history, (epoch + 1, train_loss, train_acc, test_loss, test_acc)):
-            history[key].append(value)
-        run.log(epoch=epoch + 1, **{k: v[-1] for k, v in history.items() if k != "epoch"})
-        print(
-            f"epoch {epoch + 1:3d}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
-            f"test loss {test_loss:.4f} acc {test_acc:.4f}"
-        )
-        meta = {
-            "epoch": epoch + 1,
-            "history": history,
-            "config": dataclasses.asdict(cfg),
-            "classes": list(classes),
-            "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std],
-        }
-        learner.save(ckpt_path, meta)  # atomic, every epoch: --resume continues from here
+    total = cfg.epochs * steps_per_epoch
+    for step in progress(range(start, total), desc="train", initial=start, total=total):
+        epoch, b = divmod(step, steps_per_epoch)
+        if b == 0 or step == start:  # the order of an epoch depends on (seed, epoch) only
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
+        index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        x = standardise(augment(x_train[index], rng, cfg.augment_pad, cfg.flip), mean, std)
+        lr = cosine_lr(step, total, cfg.lr)
+        loss, pred = train_step(model, optimizer, x, y_train[index], lr)
+        epoch_loss += loss
+        epoch_correct += int((pred == y_train[index]).sum())
+        record = {"loss": loss} if (step + 1) % cfg.log_every == 0 else {}
+        if b + 1 == steps_per_epoch:
+            test_loss, test_accuracy, _ = evaluate(predict, test_in, y_test)
+            record.update(
+                epoch=epoch + 1,
+                train_loss=epoch_loss / steps_per_epoch,
+                train_accuracy=epoch_correct / len(x_train),
+                test_loss=test_loss,
+                test_accuracy=test_accuracy,
+            )
+            print(report.epoch_line(record))
+            epoch_loss, epoch_correct = 0.0, 0
+        if record:
+            run.log(step=step + 1, **record)
+        every = cfg.checkpoint_every or steps_per_epoch
+        if (step + 1) % every == 0 or b + 1 == steps_per_epoch:
+            state.save(
+                step + 1, epoch_loss=epoch_loss, epoch_correct=epoch_correct, **for_inference
+            )
 
-    # 4. figures and the final numbers
-    logits = learner.predict_logits(test_in)
-    y_pred = logits.argmax(axis=1)
-    filters, maps = learner.filters_and_maps(test_in[:1])
-    write_figures(run.path, history, x_test, y_test, y_pred, classes, filters, maps)
+    # 4. the final numbers and the figures
+    test_loss, test_accuracy, y_pred = evaluate(predict, test_in, y_test)
+    if cfg.figures:
+        report.write_figures(run.path, model, predict, x_test, test_in, y_test, y_pred, classes)
     return run.finish(
         metric="test_accuracy",
-        value=float((y_pred == y_test).mean()),
+        value=test_accuracy,
         higher_is_better=True,
         model=cfg.model,
         dataset=cfg.image_dir or cfg.dataset,
-        train_accuracy=history["train_accuracy"][-1] if history["epoch"] else None,
-        test_loss=cross_entropy(logits, y_test),
-        epochs=epochs,
+        train_accuracy=report.last_epoch(run.path).get("train_accuracy"),
+        test_loss=test_loss,
+        epochs=cfg.epochs,
     )
 
 

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from shared.logging import progress
 
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "v")
@@ -233,7 +236,7 @@ class GaussianDiffusion:
         else:
             timesteps = self.ddim_timesteps(steps or self.T)
         frames = [x.clone()] if keep_every else []
-        for i, t in enumerate(timesteps):
+        for i, t in enumerate(progress(timesteps, desc=f"{sampler} sampling")):
             out = self._predict(model, x, t, y, guidance)
             noise = torch.randn(shape, generator=generator, device=device)
             if sampler == "ddpm":
@@ -256,7 +259,7 @@ class GaussianDiffusion:
         timesteps = self.ddim_timesteps(steps)[::-1]  # increasing
         x = x0
         a_prev = 1.0  # alpha_bar_{-1}: clean data
-        for t in timesteps:
+        for t in progress(timesteps, desc="ddim encoding"):
             tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
             eps = self._eps(model(x, tt, y), x, tt)
             x0_hat = (x - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
@@ -273,7 +276,7 @@ class GaussianDiffusion:
         """The deterministic DDIM sampler (eta = 0) from a given x_T."""
         timesteps = self.ddim_timesteps(steps)
         x = xT
-        for i, t in enumerate(timesteps):
+        for i, t in enumerate(progress(timesteps, desc="ddim decoding")):
             t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
             x = self.ddim_step(self._predict(model, x, t, y), x, t, t_prev)
         return x
@@ -286,3 +289,8 @@ def guided(conditional, unconditional, guidance: float):
     towards what distinguishes the class.
     """
     return unconditional + guidance * (conditional - unconditional)
+
+
+def to_unit(x: torch.Tensor) -> np.ndarray:
+    """Model space [-1, 1] -> image space [0, 1], as a NumPy array on the CPU."""
+    return ((x.float().cpu().clamp(-1, 1) + 1) / 2).numpy()

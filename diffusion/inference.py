@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from model import UNet, UNetConfig
 
-from diffusion import VARIANCES, GaussianDiffusion
-from shared.checkpoint import load_checkpoint, load_model_state
+from diffusion import VARIANCES, GaussianDiffusion, to_unit
+from shared.checkpoint import load_model_state
 from shared.cli import arg, cli_main
 from shared.errors import CheckpointError, UserError
 from shared.logging import default_checkpoint
 from shared.plots import images_to_grid, save_gif, save_image_grid
 from shared.runtime import get_device, seed_everything, set_threads
+from shared.state import read_state
 
 PROJECT_DIR = Path(__file__).parent
 
@@ -48,7 +49,7 @@ class InferenceConfig:
 
 def load_model(path: Path, device, raw_weights: bool = False):
     """The U-Net and diffusion process a train.py checkpoint describes."""
-    ckpt = load_checkpoint(path, required=("model", "ema", "config", "unet"), map_location=device)
+    ckpt = read_state(path, required=("model", "ema", "train_config", "unet"))
     ucfg = dict(ckpt["unet"])
     ucfg["channel_mults"] = tuple(ucfg["channel_mults"])
     ucfg["attention_resolutions"] = tuple(ucfg["attention_resolutions"])
@@ -57,7 +58,7 @@ def load_model(path: Path, device, raw_weights: bool = False):
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} has an unusable U-Net config ({err})") from None
     load_model_state(model, ckpt["model"] if raw_weights else ckpt["ema"], path)
-    train_cfg = ckpt["config"]
+    train_cfg = ckpt["train_config"]
     diffusion = GaussianDiffusion(
         train_cfg["timesteps"], train_cfg["schedule"], train_cfg["prediction"], device
     )
@@ -99,9 +100,6 @@ def main(cfg: InferenceConfig) -> Path:
         keep_every=max(1, n_steps // 40) if cfg.gif else 0,
         clip=cfg.clip,
     )
-
-    def to_unit(x):
-        return ((x.float().cpu().clamp(-1, 1) + 1) / 2).numpy()
 
     out = Path(cfg.out) if cfg.out else path.parent / "samples_inference.png"
     save_image_grid(out, to_unit(samples), nrow=int(np.ceil(np.sqrt(cfg.num))))

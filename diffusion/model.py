@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shared.runtime import count_parameters
+
 
 @dataclass
 class UNetConfig:
@@ -239,6 +241,30 @@ class UNet(nn.Module):
             h = up(h)  # (B, C, 2H, 2W), or unchanged at the top level
 
         return self.out_conv(F.silu(self.out_norm(h)))  # (B, C_in, H, W)
+
+
+def training_bytes(config: UNetConfig, batch_size: int) -> int:
+    """An estimate of what one training step of this U-Net needs, in bytes of float32.
+
+    Weights, their gradients, AdamW's two moments and the EMA copy are five floats per
+    parameter (counted on the meta device, so nothing is allocated). The activations that
+    backward keeps are about 14 feature maps per residual block (two GroupNorms, two SiLUs,
+    two convolutions, the embedding sum, the concatenated skip, ...) and, per attention layer,
+    8 maps and three (h, N, N) matrices (the scores, their softmax, its gradient).
+    """
+    floats = 5 * count_parameters(lambda: UNet(config))
+    side = config.image_size
+    levels = len(config.channel_mults)
+    for i, mult in enumerate(config.channel_mults):
+        c, pixels = config.base_channels * mult, side * side
+        last = i == levels - 1
+        blocks = 2 * config.num_res_blocks + 1 + (2 if last else 0)  # down, up (+1), middle
+        floats += batch_size * blocks * 14 * c * pixels
+        attention = blocks - (2 if last else 0) if side in config.attention_resolutions else 0
+        attention += 1 if last else 0  # the middle's
+        floats += batch_size * attention * (8 * c * pixels + 3 * config.num_heads * pixels**2)
+        side //= 2
+    return 4 * floats
 
 
 class EMA:

@@ -6,7 +6,7 @@ its accuracy on the asked-for classes) and by the Frechet distance in its featur
 floor that real test images reach.
 
     python train.py                                  # digits, default settings
-    python train.py --dataset mnist --image-size 28 --data-dir /work/shared/data --steps 4000
+    python train.py --preset mnist --data-dir DATA   # MNIST at 28x28 (DATA holds MNIST/raw)
     python train.py --dataset folder --folder ~/pictures --no-conditional --channels 3
 """
 
@@ -18,25 +18,61 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import report
 import torch
 from data import load_training_images
-from model import EMA, UNet, UNetConfig
+from model import EMA, UNet, UNetConfig, training_bytes
 
-from diffusion import PREDICTIONS, SCHEDULES, VARIANCES, GaussianDiffusion
-from shared.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from shared.cli import RunConfig, arg, cli_main
+from diffusion import PREDICTIONS, SCHEDULES, VARIANCES, GaussianDiffusion, to_unit
+from shared.cli import Preset, RunConfig, arg, cli_main
+from shared.data import IMAGE_DATASETS
 from shared.errors import UserError
-from shared.logging import progress, start_run
+from shared.logging import progress, read_log, start_run
 from shared.metrics import JUDGE_SIZES, get_judge
-from shared.plots import images_to_grid, plot_curves, save_gif, save_image, save_image_grid
-from shared.runtime import get_device, seed_everything, set_threads
+from shared.runtime import check_fits_in_memory, get_device, seed_everything, set_threads
+from shared.state import TrainingState, load_for_resume
 
 PROJECT_DIR = Path(__file__).parent
 CHECKPOINT = "model.pt"
+# What decides the data, the network, the process and the optimisation: a resumed run must
+# keep them, or it would not be the run it continues.
+MUST_MATCH = (
+    "dataset", "folder", "channels", "image_size", "base_channels", "channel_mults",
+    "num_res_blocks", "attention_resolutions", "num_heads", "num_groups", "dropout",
+    "conditional", "p_uncond", "timesteps", "schedule", "prediction", "steps", "batch_size",
+    "lr", "warmup", "ema_decay",
+)  # fmt: skip
+EVAL_BATCH = 400  # evaluation samples drawn at once: bounds the memory 1,000 samples need
+
+# MNIST and Fashion-MNIST at their native 28x28: three levels (28, 14, 7) of 32, 64, 64
+# channels with attention at 7x7, 3600 steps of 64 (under 4 epochs), DDIM with 50 steps and
+# guidance 2 to judge. Both cores: at this width a second thread nearly halves a step.
+_REAL_DATA = dict(
+    image_size=28, base_channels=32, channel_mults=(1, 2, 2), attention_resolutions=(7,),
+    steps=3600, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, log_every=50,
+    checkpoint_every=400, sample_steps=50, guidance=2.0, eval_samples=1000, threads=2,
+)  # fmt: skip
+_REPORT = ("accuracy", "frechet", "frechet_floor")
 
 
 @dataclass
 class TrainConfig(RunConfig):
+    PRESETS = {
+        "mnist": Preset(
+            "class-conditional DDPM on MNIST at 28x28, judged on 1,000 guided DDIM samples",
+            dict(dataset="mnist", **_REAL_DATA),
+            anchor="DDPM (Ho et al. 2020) schedule and objective, classifier-free guidance "
+            "(Ho & Salimans 2022); Frechet against its real-vs-real floor",
+            report=_REPORT,
+        ),
+        "fashion-mnist": Preset(
+            "class-conditional DDPM on Fashion-MNIST at 28x28, the MNIST recipe",
+            dict(dataset="fashion-mnist", **_REAL_DATA),
+            anchor="the same recipe as mnist; Frechet against its real-vs-real floor",
+            report=_REPORT,
+        ),
+    }
+
     dataset: str = arg(
         "digits", "training images", choices=("digits", "mnist", "fashion-mnist", "folder")
     )
@@ -122,7 +158,7 @@ def unet_config(cfg: TrainConfig, n_classes: int) -> UNetConfig:
 
 
 def dry_run_config(cfg: TrainConfig) -> TrainConfig:
-    """A tiny model and a few steps of every stage."""
+    """A tiny model and a few steps of every stage: checkpoints at steps 2 and 4."""
     return dataclasses.replace(
         cfg,
         base_channels=8,
@@ -130,7 +166,7 @@ def dry_run_config(cfg: TrainConfig) -> TrainConfig:
         num_groups=4,
         num_heads=2,
         timesteps=50,
-        steps=3,
+        steps=4,
         batch_size=16,
         warmup=1,
         log_every=1,
@@ -148,108 +184,45 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
 
 
-def to_unit(x: torch.Tensor) -> np.ndarray:
-    """Model space [-1, 1] -> image space [0, 1], as NumPy."""
-    return ((x.float().cpu().clamp(-1, 1) + 1) / 2).numpy()
-
-
-def save_figures(cfg, run_path, diffusion, model, x_train, device, losses, n_classes):
-    """Forward noising, the reverse process (strip and GIF), sample grids, the loss curve."""
-    generator = torch.Generator(device).manual_seed(cfg.seed + 1)
-    # 1. Forward process q(x_t | x_0) of one training image at evenly spaced t.
-    x0 = x_train[:1].to(device)
-    ts = np.linspace(0, cfg.timesteps - 1, 8).round().astype(int)
-    noise = torch.randn(x0.shape, generator=generator, device=device)
-    forward = [diffusion.q_sample(x0, torch.tensor([t], device=device), noise) for t in ts]
-    save_image_grid(
-        run_path / "forward_process.png",
-        to_unit(torch.cat([x0, *forward])),
-        nrow=9,
-        titles=["x_0", *[f"t={t}" for t in ts]],
-    )
-    # 2. The reverse process of a fixed batch (one per class), as a GIF and as a strip.
-    n_steps = cfg.timesteps if cfg.sampler == "ddpm" else cfg.sample_steps
-    y = torch.arange(8, device=device) % n_classes if n_classes else None
-    shape = (8, cfg.channels, cfg.image_size, cfg.image_size)
-    _, frames = diffusion.sample(
-        model,
-        shape,
-        cfg.sampler,
-        cfg.sample_steps,
-        cfg.eta,
-        y=y,
-        guidance=cfg.guidance,
-        variance=cfg.variance,
-        generator=generator,
-        device=device,
-        keep_every=max(1, n_steps // 40),
-    )
-    grids = [images_to_grid(to_unit(f), nrow=8) for f in frames]  # each (H', W')
-    save_gif(run_path / "reverse_process.gif", grids + grids[-1:] * 10, 80, scale=4)
-    rows = np.linspace(0, len(grids) - 1, min(9, len(grids))).round().astype(int)
-    save_image(run_path / "reverse_process.png", np.concatenate([grids[i] for i in rows]), scale=4)
-    # 3. Unconditional samples (the model with no label), and the loss curve.
-    shape = (64, cfg.channels, cfg.image_size, cfg.image_size)
-    samples, _ = diffusion.sample(
-        model, shape, cfg.sampler, cfg.sample_steps, cfg.eta, variance=cfg.variance,
-        generator=generator, device=device,
-    )  # fmt: skip
-    save_image_grid(run_path / "samples.png", to_unit(samples), nrow=8)
-    steps, values = zip(*losses)
-    plot_curves(run_path / "loss.png", {"train": (steps, values)}, "step", "loss", logy=True)
-
-
 def main(cfg: TrainConfig) -> dict:
     if cfg.dry_run:
         cfg = dry_run_config(cfg)
-    run = start_run(f"diffusion on {cfg.dataset}", cfg, PROJECT_DIR)
+    ckpt = load_for_resume(cfg, PROJECT_DIR, CHECKPOINT, must_match=MUST_MATCH)
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
     device = get_device(cfg.device)
+    n_classes = len(IMAGE_DATASETS[cfg.dataset].classes) if cfg.conditional else 0
+    ucfg = unet_config(cfg, n_classes)
+    sizes = (
+        f"--base-channels {cfg.base_channels} --image-size {cfg.image_size} "
+        f"--batch-size {cfg.batch_size}"
+    )
+    check_fits_in_memory(training_bytes(ucfg, cfg.batch_size), sizes, device)
 
-    # Data, in [-1, 1].
-    x_np, y_np, n_classes = load_training_images(
+    # Data, in [-1, 1]: images (N, C, H, W) and labels (N,), None for a folder.
+    x_np, y_np, _ = load_training_images(
         cfg.dataset, cfg.image_size, cfg.data_dir, cfg.folder, cfg.channels
     )
-    x_train = torch.from_numpy(x_np).to(device)  # (N, C, H, W)
-    y_train = torch.from_numpy(y_np).to(device) if y_np is not None else None
-    if not cfg.conditional:
-        n_classes = 0
+    x_train = torch.from_numpy(x_np).to(device)
+    y_train = torch.from_numpy(y_np).to(device) if n_classes else None
+    run = start_run(f"diffusion on {cfg.dataset}", cfg, PROJECT_DIR)
 
     # Model, its moving average, the diffusion process, the optimiser.
-    ucfg = unet_config(cfg, n_classes)
     model = UNet(ucfg).to(device)
     ema = EMA(model, cfg.ema_decay)
     diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, cfg.prediction, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"U-Net with {n_params:,} parameters; {len(x_train)} training images; device {device}")
-
-    def state(step, losses):
-        return {
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "losses": losses,
-            "config": dataclasses.asdict(cfg),
-            "unet": dataclasses.asdict(ucfg),
-        }
-
-    start, losses = 0, []
-    checkpoint_path = run.path / CHECKPOINT
-    if cfg.resume and checkpoint_path.exists():
-        ckpt = load_checkpoint(checkpoint_path, required=("model", "ema", "optimizer", "step"))
-        load_model_state(model, ckpt["model"], checkpoint_path)
-        ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start, losses = int(ckpt["step"]), [tuple(p) for p in ckpt["losses"]]
-        print(f"resuming from step {start} of {checkpoint_path}")
+    generator = torch.Generator(device).manual_seed(cfg.seed)  # batches, dropped labels, t, eps
+    state = TrainingState(
+        run.path / CHECKPOINT, cfg, model=model, ema=ema, optimizer=optimizer, noise=generator
+    )
+    start = state.restore(ckpt)
+    running = list(state.extra.get("running", []))  # losses since the last log line
 
     # Training: L_simple on random batches, labels dropped with probability p_uncond.
-    generator = torch.Generator(device).manual_seed(cfg.seed + start)
     model.train()
-    running = []
     for step in progress(range(start, cfg.steps), desc="train"):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
@@ -268,53 +241,58 @@ def main(cfg: TrainConfig) -> dict:
         ema.update(model)
         running.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            losses.append((step + 1, float(np.mean(running))))
-            run.log(step=step + 1, loss=losses[-1][1], lr=learning_rate(step, cfg))
+            run.log(step=step + 1, loss=float(np.mean(running)), lr=learning_rate(step, cfg))
             running = []
-        if (step + 1) % cfg.checkpoint_every == 0:
-            save_checkpoint(checkpoint_path, state(step + 1, losses))
-    save_checkpoint(checkpoint_path, state(cfg.steps, losses))
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            state.save(step + 1, unet=dataclasses.asdict(ucfg), running=running)
 
-    # Evaluation with the averaged weights: class-balanced samples, scored by the judge.
+    # Evaluation with the averaged weights.
     model.load_state_dict(ema.state_dict())
     model.eval()
-    n_steps = cfg.timesteps if cfg.sampler == "ddpm" else cfg.sample_steps
-    save_figures(cfg, run.path, diffusion, model, x_train, device, losses, n_classes)
-    extra = dict(sampler=cfg.sampler, sample_steps=n_steps, final_loss=losses[-1][1])
-    if cfg.dataset not in JUDGE_SIZES:  # a folder: no classifier to judge it with
-        return run.finish(metric="train_loss", value=losses[-1][1], higher_is_better=False, **extra)
-    judge = get_judge(cfg.dataset, data_dir=cfg.data_dir or None, device=device)
-    shape = (cfg.eval_samples, 1, cfg.image_size, cfg.image_size)
+    report.write_figures(run.path, cfg, diffusion, model, x_train, n_classes, device)
+    return evaluate(run, cfg, diffusion, model, n_classes, device)
+
+
+def draw_samples(cfg: TrainConfig, diffusion, model, n_classes: int, device):
+    """cfg.eval_samples images in [0, 1], class-balanced when conditional: (images, labels)."""
     generator = torch.Generator(device).manual_seed(cfg.seed + 2)
     labels = torch.arange(cfg.eval_samples, device=device) % n_classes if n_classes else None
-    samples, _ = diffusion.sample(
-        model,
-        shape,
-        cfg.sampler,
-        cfg.sample_steps,
-        cfg.eta,
-        y=labels,
-        guidance=cfg.guidance,
-        variance=cfg.variance,
-        generator=generator,
-        device=device,
-    )
-    samples = to_unit(samples)
-    report = judge.evaluate(samples, labels.cpu().numpy() if labels is not None else None)
-    if labels is not None:  # one row per class
-        per_class = min(10, cfg.eval_samples // n_classes)
-        rows = [samples[labels.cpu().numpy() == k][:per_class] for k in range(n_classes)]
-        save_image_grid(run.path / "class_samples.png", np.concatenate(rows), nrow=per_class)
+    images = []
+    for first in range(0, cfg.eval_samples, EVAL_BATCH):
+        n = min(EVAL_BATCH, cfg.eval_samples - first)
+        x, _ = diffusion.sample(
+            model, (n, cfg.channels, cfg.image_size, cfg.image_size), cfg.sampler,
+            cfg.sample_steps, cfg.eta, y=None if labels is None else labels[first : first + n],
+            guidance=cfg.guidance, variance=cfg.variance, generator=generator, device=device,
+        )  # fmt: skip
+        images.append(to_unit(x))
+    return np.concatenate(images), None if labels is None else labels.cpu().numpy()
+
+
+def evaluate(run, cfg: TrainConfig, diffusion, model, n_classes: int, device) -> dict:
+    """The judge's scores of class-balanced samples, the class grid, and metrics.json."""
+    final_loss = [r for r in read_log(run.path) if "loss" in r][-1]["loss"]
+    n_steps = cfg.timesteps if cfg.sampler == "ddpm" else cfg.sample_steps
+    extra = dict(sampler=cfg.sampler, sample_steps=n_steps, final_loss=final_loss)
+    if cfg.dataset not in JUDGE_SIZES:  # a folder: no classifier to judge it with
+        return run.finish(metric="train_loss", value=final_loss, higher_is_better=False, **extra)
+    judge = get_judge(cfg.dataset, data_dir=cfg.data_dir or None, device=device)
+    samples, labels = draw_samples(cfg, diffusion, model, n_classes, device)
+    scores = judge.evaluate(samples, labels)
+    if labels is not None:
+        classes = IMAGE_DATASETS[cfg.dataset].classes
+        report.write_class_samples(run.path, samples, labels, classes)
     extra.update(
-        frechet=report["frechet"],
-        frechet_floor=report["frechet_floor"],
-        classes_covered=report["classes_covered"],
-        accuracy=report.get("accuracy"),
+        frechet=scores["frechet"],
+        frechet_floor=scores["frechet_floor"],
+        classes_covered=scores["classes_covered"],
+        accuracy=scores.get("accuracy"),
         guidance=cfg.guidance if labels is not None else None,
         eval_samples=cfg.eval_samples,
+        judge_test_accuracy=judge.test_accuracy,
     )
     return run.finish(
-        metric="confidence", value=report["confidence"], higher_is_better=True, **extra
+        metric="confidence", value=scores["confidence"], higher_is_better=True, **extra
     )
 
 

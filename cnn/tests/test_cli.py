@@ -1,16 +1,27 @@
 """train.py and inference.py as a user runs them: dry runs, resumes, PNG inputs, bad inputs."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shared.logging import read_log
+from shared.state import read_state
 from shared.testing import run_script
 
 PROJECT = Path(__file__).resolve().parents[1]
-FIGURES = ("loss.png", "accuracy.png", "confusion_matrix.png", "filters.png", "feature_maps.png")
+FIGURES = (
+    "loss.png",
+    "accuracy.png",
+    "confusion_matrix.png",
+    "filters.png",
+    "feature_maps.png",
+    "decision_regions.png",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +46,18 @@ def test_a_short_run_learns_the_digits(tmp_path):
     assert metrics["value"] > 0.8  # chance is 0.1; a broken backward stays near it
 
 
-def test_sizes_too_large_for_memory_stop_before_allocating(tmp_path):
-    result = run_script(
-        PROJECT, "train.py", "--image-size", "40000", "--out", tmp_path / "run", expect_code=2
-    )
-    assert result.stderr.startswith("error: --image-size 40000 --width 1 --batch-size 32 needs")
-    assert not (tmp_path / "run").exists()
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (("--image-size", "40000"), "--image-size 40000 --channels 16 32 --batch-size 32 needs"),
+        (("--channels", "100000", "100000"), "--image-size 16 --channels 100000 100000"),
+        (("--model", "resnet18", "--width", "100000"), "--image-size 32 --width 100000 --batch"),
+    ],
+)
+def test_sizes_too_large_for_memory_stop_before_allocating(tmp_path, flags, named):
+    result = run_script(PROJECT, "train.py", *flags, "--out", tmp_path / "run", expect_code=2)
+    assert result.stderr.startswith(f"error: {named}")
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_inference_classifies_pngs_written_by_its_own_helper(numpy_run, tmp_path):
@@ -55,19 +72,59 @@ def test_inference_classifies_pngs_written_by_its_own_helper(numpy_run, tmp_path
     assert len(probs) == 2 and probs[0] >= probs[1] and 0 < sum(probs) <= 1 + 1e-6
 
 
-def test_a_resumed_run_continues_from_its_checkpoint_epoch(numpy_run):
-    run_script(PROJECT, "train.py", "--dry-run", "--out", numpy_run, "--resume")
-    from shared.checkpoint import load_arrays
+def _train(out, *flags, kill_at=None, resume=False):
+    env = dict(os.environ, MPLBACKEND="Agg", TQDM_DISABLE="1")
+    env.pop("DLFS_KILL_AT", None)
+    if kill_at is not None:
+        env["DLFS_KILL_AT"] = str(kill_at)
+    args = [sys.executable, "train.py", *flags, "--out", str(out)] + ["--resume"] * resume
+    return subprocess.run(args, cwd=PROJECT, env=env, capture_output=True, text=True)
 
-    _, meta = load_arrays(numpy_run / "model.npz")
-    assert meta["epoch"] == 1 and len(meta["history"]["epoch"]) == 1  # nothing left to redo
+
+def test_a_killed_pytorch_run_resumes_to_the_same_log_and_weights(tmp_path):
+    """The shared resume test covers the NumPy CNN; this is the same check for LeNet-5 (its
+    weights, Adam's moments, the augmentation generator), killed mid-epoch at step 3."""
+    flags = ("--dry-run", "--model", "lenet5", "--no-figures")
+    assert _train(tmp_path / "straight", *flags).returncode == 0
+    assert _train(tmp_path / "killed", *flags, kill_at=3).returncode == -9
+    resumed = _train(tmp_path / "killed", *flags, resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def numbers(run):
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in read_log(run)]
+
+    assert numbers(tmp_path / "killed") == numbers(tmp_path / "straight")
+    ours = read_state(tmp_path / "killed" / "model.pt")
+    theirs = read_state(tmp_path / "straight" / "model.pt")
+    for name, tensor in theirs["model"].items():
+        assert (ours["model"][name] == tensor).all(), name
+    assert (ours["generator"]["numpy_generator"]) == theirs["generator"]["numpy_generator"]
+
+
+def test_resuming_with_another_batch_size_names_the_flag(numpy_run):
+    result = run_script(
+        PROJECT,
+        "train.py",
+        "--dry-run",
+        "--batch-size",
+        "8",
+        "--out",
+        numpy_run,
+        "--resume",
+        expect_code=2,
+    )
+    assert result.stderr == (
+        f"error: checkpoint {numpy_run / 'model.npz'} was trained with --batch-size 32, not 8; "
+        "resume with the flags it was trained with\n"
+    )
 
 
 def test_pytorch_dry_run_then_inference_on_a_test_index(tmp_path):
     run_script(PROJECT, "train.py", "--dry-run", "--model", "lenet5", "--out", tmp_path)
     assert (tmp_path / "model.pt").exists() and (tmp_path / "misclassified.png").exists()
     ckpt = tmp_path / "model.pt"
-    result = run_script(PROJECT, "inference.py", "--checkpoint", ckpt, "--index", "2")
+    args = ("--checkpoint", ckpt, "--index", "2", "--threads", "2")
+    result = run_script(PROJECT, "inference.py", *args)
     assert result.stdout.startswith("test image 2 (true: ")
 
 

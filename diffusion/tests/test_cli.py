@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from train import TrainConfig
 
+from shared.cli import parse_config
+from shared.data import IMAGE_DATASETS
+from shared.logging import read_log
+from shared.state import read_state
 from shared.testing import run_script
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -21,7 +26,7 @@ def dry_run(tmp_path_factory):
 def test_dry_run_writes_checkpoint_metrics_and_figures(dry_run):
     metrics = json.loads((dry_run / "metrics.json").read_text())
     assert metrics["metric"] == "confidence"
-    # A two-step model draws noise: the judge must find it far from real digits, and unsure.
+    # A four-step model draws noise: the judge must find it far from real digits, and unsure.
     assert metrics["frechet"] > 5 * metrics["frechet_floor"] > 0
     assert metrics["value"] < 0.9 and metrics["accuracy"] < 0.5
     for name in ("model.pt", "samples.png", "class_samples.png", "forward_process.png",
@@ -40,9 +45,57 @@ def test_inference_writes_a_class_grid_and_a_gif(dry_run, tmp_path):
     assert "4 samples (ddim, 3 steps)" in result.stdout
 
 
-def test_resume_continues_from_the_checkpoint(dry_run):
-    result = run_script(PROJECT, "train.py", "--dry-run", "--out", dry_run, "--resume")
-    assert "resuming from step 3" in result.stdout
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(
+    dry_run, tmp_path, monkeypatch
+):
+    # Killed right after logging step 3 (the checkpoint holds step 2), then resumed: the
+    # losses of steps 3 and 4 and the final weights, EMA and Adam state must be bit for bit
+    # those of the run that never stopped (the fixture), which needs the batch and noise
+    # generator restored, not re-seeded.
+    monkeypatch.setenv("DLFS_KILL_AT", "3")
+    run_script(PROJECT, "train.py", "--dry-run", "--out", tmp_path, expect_code=-9)
+    monkeypatch.delenv("DLFS_KILL_AT")
+    run_script(PROJECT, "train.py", "--dry-run", "--out", tmp_path, "--resume")
+
+    def losses(folder):
+        return [(r["step"], r["loss"]) for r in read_log(folder) if "loss" in r]
+
+    assert losses(tmp_path) == losses(dry_run) and len(losses(dry_run)) == 4
+    resumed, straight = read_state(tmp_path / "model.pt"), read_state(dry_run / "model.pt")
+    for part in ("model", "ema"):
+        for name, value in straight[part].items():
+            assert torch.equal(resumed[part][name], value), (part, name)
+    first = next(iter(straight["optimizer"]["state"].values()))
+    assert torch.equal(next(iter(resumed["optimizer"]["state"].values()))["exp_avg"],
+                       first["exp_avg"])  # fmt: skip
+
+
+def test_resuming_with_another_schedule_names_the_flag(dry_run):
+    result = run_script(
+        PROJECT, "train.py", "--dry-run", "--out", dry_run, "--resume", "--schedule", "cosine",
+        expect_code=2,
+    )  # fmt: skip
+    assert "--schedule linear, not cosine" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags", [("--base-channels", "100000"), ("--image-size", "40000", "--eval-samples", "10")]
+)
+def test_a_model_too_large_for_memory_is_refused_before_allocating(flags, tmp_path):
+    result = run_script(PROJECT, "train.py", *flags, "--out", tmp_path / "run", expect_code=2)
+    assert " ".join(flags[:2]) in result.stderr and "GB free" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_presets_train_at_native_size_and_judge_1000_guided_ddim_50_samples(name):
+    cfg = parse_config(TrainConfig, ["--preset", name])
+    cfg.check()
+    assert cfg.dataset == name and cfg.image_size == IMAGE_DATASETS[name].size == 28
+    assert cfg.conditional and cfg.guidance > 1 and cfg.p_uncond > 0
+    assert (cfg.sampler, cfg.sample_steps, cfg.eval_samples) == ("ddim", 50, 1000)
+    assert parse_config(TrainConfig, ["--preset", name, "--steps", "7"]).steps == 7
 
 
 def test_inference_on_a_missing_checkpoint_is_a_one_line_error(tmp_path):

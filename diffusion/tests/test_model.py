@@ -31,6 +31,35 @@ def test_unet_output_has_the_input_shape_for_several_sizes(
     assert model(x, torch.tensor([0, 999]), y).shape == x.shape
 
 
+def test_unet_forward_equals_the_u_net_assembled_by_hand_skip_by_skip():
+    # Two levels (8x8 with 8 channels, 4x4 with 16) of two blocks: six skips, three of them of
+    # the same shape (8, 8x8) and two of another (16, 4x4), so a skip joined to the wrong
+    # decoder block, or taken before its attention, changes the values and not only a shape.
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2),
+                            num_res_blocks=2, attention_resolutions=(4,), num_heads=2,
+                            num_groups=4, num_classes=3)).eval()  # fmt: skip
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 700]), torch.tensor([2, -1])
+    with torch.no_grad():
+        emb = model.time_embed(t) + model.class_embed(torch.tensor([2, 3]))  # 3: "no class"
+        down0, down1 = model.down
+        s0 = model.stem(x)  # (2, 8, 8, 8)
+        s1 = down0.blocks[0](s0, emb)  # no attention at 8x8
+        s2 = down0.blocks[1](s1, emb)
+        s3 = model.downsample[0](s2)  # (2, 8, 4, 4)
+        s4 = down1.attention[0](down1.blocks[0](s3, emb))  # (2, 16, 4, 4)
+        s5 = down1.attention[1](down1.blocks[1](s4, emb))
+        h = model.mid_block2(model.mid_attention(model.mid_block1(s5, emb)), emb)
+        up1, up0 = model.up  # the deepest level first
+        for block, attn, skip in zip(up1.blocks, up1.attention, (s5, s4, s3)):
+            h = attn(block(torch.cat([h, skip], dim=1), emb))
+        h = model.upsample[0](h)  # (2, 16, 8, 8)
+        for block, skip in zip(up0.blocks, (s2, s1, s0)):
+            h = block(torch.cat([h, skip], dim=1), emb)
+        expected = model.out_conv(torch.nn.functional.silu(model.out_norm(h)))
+        assert torch.allclose(model(x, t, y), expected, atol=1e-6)
+
+
 def test_unet_rejects_a_size_that_does_not_halve_enough():
     with pytest.raises(ValueError, match="does not halve"):
         UNet(UNetConfig(image_size=12, channel_mults=(1, 2, 2, 2)))
