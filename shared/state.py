@@ -332,6 +332,9 @@ class TrainingState:
         self.extra: dict[str, Any] = {}
         if not parts:
             raise ValueError("TrainingState needs at least one part to save")
+        reserved = set(parts) & {"step", "train_config", "rng", "path"}
+        if reserved:
+            raise ValueError(f"parts may not be called {', '.join(sorted(reserved))}")
 
     def save(self, step: int, is_main: bool = True, **extra: Any) -> None:
         """Write everything the next step depends on, with `step` steps done."""

@@ -167,3 +167,8 @@ def test_extra_values_may_not_shadow_the_state_itself(tmp_path):
     state = TrainingState(tmp_path / "model.pt", Config(), model=torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="rng"):
         state.save(1, rng=3)
+
+
+def test_parts_may_not_take_the_names_the_state_uses_itself(tmp_path):
+    with pytest.raises(ValueError, match="rng"):
+        TrainingState(tmp_path / "model.pt", Config(), rng=np.random.default_rng(0))
