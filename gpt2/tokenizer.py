@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from shared.errors import DataError, UserError
+from shared.logging import progress
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -103,10 +104,11 @@ class BPETokenizer:
                 pair_count[pair] += freq[w]
                 where[pair].add(w)
         merges = []
-        while len(vocab) < vocab_size - 1 and pair_count:
+        for new_id in progress(range(256, vocab_size - 1), desc="BPE merges"):
+            if not pair_count:
+                break  # every chunk is a single token: nothing left to merge
             # The most frequent pair; ties go to the smallest ids, so results are hand-checkable.
             best = max(pair_count, key=lambda p: (pair_count[p], -p[0], -p[1]))
-            new_id = len(vocab)
             merges.append(best)
             vocab.append(vocab[best[0]] + vocab[best[1]])
             for w in where.pop(best):

@@ -1,14 +1,17 @@
 """Train GPT-2 on text, from a laptop CPU to `torchrun --nproc_per_node N` on GPUs.
 
     python train.py                      # stdlib docstrings, one token per character
-    python train.py --dataset shakespeare --max-iters 2000   # nanoGPT's small CPU run
+    python train.py --preset shakespeare_char --data-dir DATA   # nanoGPT's small CPU run
     python train.py --tokenizer bpe      # byte-level BPE learned on the training text
+    python train.py --resume             # continue runs/latest exactly where it stopped
     torchrun --standalone --nproc_per_node 2 train.py --grad-accum 2
 
+DATA is a folder holding shakespeare/input.txt (tiny Shakespeare; downloaded there on first use).
 The recipe is GPT-2's / nanoGPT's: AdamW with weight decay on matrices only, linear warm-up then
 cosine decay of the learning rate, gradient clipping, gradient accumulation, bf16 autocast on
 CUDA. The batch of step s is drawn from a generator seeded by (seed, s), so it does not depend
-on how many processes share it or on whether the run was resumed.
+on how many processes share it or on whether the run was resumed; everything else a resumed
+step depends on (weights, AdamW's moments, torch's generator for dropout) is in the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,33 +20,30 @@ import dataclasses
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import report
 import torch
-from model import GPT, GPTConfig
-from tokenizer import END_OF_TEXT, BPETokenizer, CharTokenizer, tokenizer_from_state
+from model import GPT, GPTConfig, training_bytes
+from tokenizer import BPETokenizer, CharTokenizer, tokenizer_from_state
 
-from shared.checkpoint import atomic_write_text, load_checkpoint, load_model_state, save_checkpoint
 from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.data import load_text, split_text
-from shared.errors import CheckpointError, DataError, UserError
-from shared.logging import latest_run, progress, read_log, start_run
-from shared.plots import plot_curves
-from shared.runtime import init_distributed, seed_everything, set_threads
+from shared.errors import DataError, UserError
+from shared.logging import progress, start_run
+from shared.runtime import check_fits_in_memory, init_distributed, seed_everything, set_threads
+from shared.state import TrainingState, load_for_resume
 
 PROJECT_DIR = Path(__file__).parent
 CHECKPOINT = "model.pt"
 # Flags that must be the same when resuming: they decide the data, the tokens and the model.
-MUST_MATCH_ON_RESUME = (
-    "dataset",
-    "tokenizer",
-    "vocab_size",
-    "block_size",
-    "n_layer",
-    "n_head",
-    "n_embd",
-)
+MUST_MATCH = ("dataset", "tokenizer", "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+
+
+# nanoGPT's choices for training from scratch: SDPA's attention kernel and the exact GELU (the
+# tanh form is GPT-2's, which only its released weights need). Same model, faster on a CPU.
+FAST_CPU = dict(fused_attention=True, gelu="exact")
 
 
 @dataclass
@@ -51,13 +51,15 @@ class TrainConfig(RunConfig):
     PRESETS = {
         "shakespeare_char": Preset(
             "tiny Shakespeare, one token per character: nanoGPT's CPU recipe (4x4x128, block 64)",
-            dict(dataset="shakespeare", tokenizer="char", max_iters=2000),
+            dict(**FAST_CPU, dataset="shakespeare", tokenizer="char", max_iters=2000),
             anchor="nanoGPT README: val loss 1.88 in about 3 minutes on a CPU",
             report=("val_bits_per_byte", "tokens_per_s"),
         ),
         "shakespeare_bpe": Preset(
             "tiny Shakespeare, byte-level BPE (512 tokens) learned on the training text",
-            dict(dataset="shakespeare", tokenizer="bpe", vocab_size=512, max_iters=2000),
+            dict(
+                **FAST_CPU, dataset="shakespeare", tokenizer="bpe", vocab_size=512, max_iters=2000
+            ),
             anchor="the character recipe, compared in bits per byte (as nanochat reports)",
             report=("val_bits_per_byte", "val_loss_per_char"),
         ),
@@ -74,6 +76,11 @@ class TrainConfig(RunConfig):
     block_size: int = arg(64, "context length in tokens", min=2)
     dropout: float = arg(0.0, "dropout probability", min=0, max=0.99)
     fused_attention: bool = arg(False, "use F.scaled_dot_product_attention (tested equal)")
+    gelu: str = arg(
+        "tanh",
+        "GELU: GPT-2's tanh approximation, or exact (faster on a CPU)",
+        choices=("tanh", "exact"),
+    )
     # optimisation
     batch_size: int = arg(12, "sequences per micro-batch (per process)", min=1)
     grad_accum: int = arg(1, "micro-batches per step, over all processes", min=1)
@@ -194,36 +201,9 @@ def unigram_loss(train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int
     return -log_p[val_ids].mean().item()
 
 
-def main(cfg: TrainConfig) -> dict:
-    if cfg.dry_run:
-        cfg = dry_run_config(cfg)
-    dist = init_distributed(cfg.device)
-    device = dist.device
-    if cfg.grad_accum % dist.world_size:
-        raise UserError(
-            f"--grad-accum {cfg.grad_accum} is not a multiple of {dist.world_size} processes"
-        )
-    micro_steps = cfg.grad_accum // dist.world_size  # micro-batches of this process per step
-    set_threads(cfg.threads)
-    seed_everything(cfg.seed + dist.rank)  # dropout masks differ between processes
-
-    # 0. When resuming, the checkpoint first: a mismatch must not touch the run folder.
-    ckpt = None
-    if cfg.resume:
-        checkpoint_path = (Path(cfg.out) if cfg.out else latest_run(PROJECT_DIR)) / CHECKPOINT
-        ckpt = load_checkpoint(
-            checkpoint_path, required=("model", "optimizer", "model_config", "train_config", "step")
-        )
-        for name in MUST_MATCH_ON_RESUME:
-            if ckpt["train_config"][name] != getattr(cfg, name):
-                flag = "--" + name.replace("_", "-")
-                raise CheckpointError(
-                    f"checkpoint {checkpoint_path} was trained with {flag} "
-                    f"{ckpt['train_config'][name]}, not {getattr(cfg, name)}"
-                )
-
-    # 1. Text and tokens. The checkpoint's tokenizer when resuming, else one fit to the text.
-    # Read before the run folder is made: a missing or short text must not repoint runs/latest.
+def load_tokens(cfg: TrainConfig, ckpt: dict | None):
+    """(tokenizer, train ids, val ids, val text): the checkpoint's tokenizer when resuming,
+    else one fit to the text (characters of all of it, or BPE merges learned on train)."""
     text = load_text(cfg.dataset, cfg.data_dir)
     if cfg.dry_run:
         text = text[:20_000]
@@ -231,7 +211,7 @@ def main(cfg: TrainConfig) -> dict:
     if ckpt is not None:
         tokenizer = tokenizer_from_state(ckpt["tokenizer"])
     elif cfg.tokenizer == "char":
-        tokenizer = CharTokenizer.train(text)  # every character of the corpus, val included
+        tokenizer = CharTokenizer.train(text)
     else:
         tokenizer = BPETokenizer.train(train_text, cfg.vocab_size)
     train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
@@ -241,63 +221,82 @@ def main(cfg: TrainConfig) -> dict:
             f"{cfg.dataset}: the validation tenth has {len(val_ids)} tokens, "
             f"fewer than --block-size {cfg.block_size} + 2; use more text or a smaller block"
         )
+    return tokenizer, train_ids, val_ids, val_text
 
-    run = start_run("gpt2 language model", cfg, PROJECT_DIR, is_main=dist.is_main)
-    checkpoint_path = run.path / CHECKPOINT
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
+    fields = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "fused_attention", "gelu")
+    return GPTConfig(vocab_size=vocab_size, **{name: getattr(cfg, name) for name in fields})
+
+
+def micro_batches_per_process(grad_accum: int, world_size: int) -> int:
+    """Each of world_size processes takes an equal share of the step's grad_accum micro-batches."""
+    if grad_accum % world_size:
+        raise UserError(f"--grad-accum {grad_accum} is not a multiple of {world_size} processes")
+    return grad_accum // world_size
+
+
+def check_memory(cfg: TrainConfig, config: GPTConfig, device: torch.device) -> None:
+    check_fits_in_memory(
+        training_bytes(config, cfg.batch_size),
+        f"--n-embd {cfg.n_embd} --n-layer {cfg.n_layer} --block-size {cfg.block_size} "
+        f"--batch-size {cfg.batch_size}",
+        device,
     )
 
-    # 2. The model and its optimizer.
-    model_config = GPTConfig(
+
+def describe(tokenizer, train_ids: torch.Tensor) -> str:
+    return (
+        f"{tokenizer.kind} vocabulary of {tokenizer.vocab_size}, {len(train_ids):,} training tokens"
+    )
+
+
+def text_metrics(val_loss: float, tokenizer, train_ids, val_ids, val_text: str) -> dict:
+    """The validation loss beside its baseline and in units that compare tokenizers: nats per
+    token depend on the tokenizer; nats per character and bits per UTF-8 byte (total nats /
+    (ln 2 x bytes of the text)) compare any two."""
+    total_nats = val_loss * len(val_ids)
+    return dict(
+        unigram_val_loss=unigram_loss(train_ids, val_ids, tokenizer.vocab_size),
+        val_loss_per_char=total_nats / len(val_text),
+        val_bits_per_byte=total_nats / (math.log(2) * len(val_text.encode())),
+        tokenizer=tokenizer.kind,
         vocab_size=tokenizer.vocab_size,
-        block_size=cfg.block_size,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_embd=cfg.n_embd,
-        dropout=cfg.dropout,
-        fused_attention=cfg.fused_attention,
     )
-    model = GPT(model_config).to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    start_step = 0
-    if ckpt is not None:
-        load_model_state(model, ckpt["model"], checkpoint_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng_state"])
-        start_step = ckpt["step"]
-        if dist.is_main:
-            print(f"resuming {checkpoint_path} at step {start_step}")
-    if dist.is_main:
-        print(
-            f"{model.num_params():,} parameters, {tokenizer.kind} vocabulary of "
-            f"{tokenizer.vocab_size}, {len(train_ids):,} training tokens"
-        )
-    raw_model = model  # the plain module, for saving and evaluation
-    if cfg.compile:
-        model = torch.compile(model)
-    model = dist.wrap(model)
 
-    def save(step: int) -> None:
-        if not dist.is_main:
-            return
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "model_config": dataclasses.asdict(model_config),
-                "train_config": dataclasses.asdict(cfg),
-                "tokenizer": tokenizer.state(),
-                "step": step,
-                "rng_state": torch.get_rng_state(),
-            },
-        )
+
+def main(cfg: TrainConfig) -> dict:
+    if cfg.dry_run:
+        cfg = dry_run_config(cfg)
+    dist = init_distributed(cfg.device)
+    device = dist.device
+    micro_steps = micro_batches_per_process(cfg.grad_accum, dist.world_size)
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed + dist.rank)  # dropout masks differ between processes
+    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    # 1. Checkpoint, text and tokens, memory: all checked before the run folder is touched.
+    ckpt = load_for_resume(cfg, PROJECT_DIR, CHECKPOINT, MUST_MATCH, required=("tokenizer", "rng"))
+    tokenizer, train_ids, val_ids, val_text = load_tokens(cfg, ckpt)
+    config = model_config(cfg, tokenizer.vocab_size)
+    check_memory(cfg, config, device)  # one line naming the flags, not an allocation failure
+    run = start_run("gpt2 language model", cfg, PROJECT_DIR, is_main=dist.is_main)
+
+    # 2. The model, its optimizer, and everything a resumed run needs back.
+    raw_model = GPT(config).to(device)  # the plain module, for saving and evaluation
+    optimizer = make_optimizer(raw_model, cfg, device)
+    state = TrainingState(run.path / CHECKPOINT, cfg, model=raw_model, optimizer=optimizer)
+    start = state.restore(ckpt)  # also torch's global generator: the dropout masks
+    for_inference = dict(model_config=asdict(config), tokenizer=tokenizer.state())
+    if dist.is_main:
+        resuming = f"; resuming at step {start}" if ckpt else ""
+        print(f"{raw_model.num_params():,} parameters, {describe(tokenizer, train_ids)}{resuming}")
+    model = dist.wrap(torch.compile(raw_model) if cfg.compile else raw_model)
 
     # 3. The training loop. Every process takes its share of the step's global batch.
     global_batch = cfg.grad_accum * cfg.batch_size
-    train_time, train_steps = 0.0, 0
-    for step in progress(range(start_step, cfg.max_iters), desc="train", disable=not dist.is_main):
+    train_time = 0.0
+    for step in progress(range(start, cfg.max_iters), desc="train", disable=not dist.is_main):
         started = time.perf_counter()
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
@@ -306,7 +305,7 @@ def main(cfg: TrainConfig) -> dict:
         mine = offsets.view(dist.world_size, micro_steps, cfg.batch_size)[dist.rank]
         step_loss = 0.0
         for micro in range(micro_steps):
-            x, y = get_batch(train_ids, mine[micro], cfg.block_size, device)
+            x, y = get_batch(train_ids, mine[micro], cfg.block_size, device)  # (B, T) each
             # Gradients are averaged over processes only after the last micro-batch.
             last = micro == micro_steps - 1
             with autocast, model.no_sync() if dist.enabled and not last else nullcontext():
@@ -319,7 +318,6 @@ def main(cfg: TrainConfig) -> dict:
         optimizer.zero_grad(set_to_none=True)
         step_loss = dist.all_reduce_mean(step_loss)
         train_time += time.perf_counter() - started
-        train_steps += 1
         run.log(step=step + 1, loss=step_loss, lr=lr)
         if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters:
             train_est = estimate_loss(raw_model, train_ids, cfg, device, autocast)
@@ -327,72 +325,26 @@ def main(cfg: TrainConfig) -> dict:
             run.log(step=step + 1, train_loss=train_est, val_loss=val_est)
             if dist.is_main:
                 print(f"step {step + 1}: train loss {train_est:.4f}, val loss {val_est:.4f}")
-            save(step + 1)
+            state.save(step + 1, dist.is_main, **for_inference)
 
     # 4. Final numbers: the loss over the whole validation text, and the baseline to beat.
     val_loss = full_loss(raw_model, val_ids, cfg, device, autocast)
-    baseline = unigram_loss(train_ids, val_ids, tokenizer.vocab_size)
-    tokens_per_s = train_steps * global_batch * cfg.block_size / max(train_time, 1e-9)
     if dist.is_main:
-        write_samples(raw_model, tokenizer, cfg, device, run.path / "samples.txt")
-        write_loss_plot(run.path)
+        report.write_samples(raw_model, tokenizer, cfg, device, run.path / "samples.txt")
+        report.write_loss_plot(run.path)
+    trained_tokens = (cfg.max_iters - start) * global_batch * cfg.block_size
     metrics = run.finish(
         metric="val_loss",
         value=val_loss,
         higher_is_better=False,
-        unigram_val_loss=baseline,
-        # Nats per character: comparable between character and BPE tokens.
-        val_loss_per_char=val_loss * len(val_ids) / len(val_text),
-        # Bits per UTF-8 byte of the validation text: the unit that compares any tokenisation.
-        val_bits_per_byte=val_loss * len(val_ids) / (math.log(2) * len(val_text.encode())),
+        **text_metrics(val_loss, tokenizer, train_ids, val_ids, val_text),
         params=raw_model.num_params(),
-        tokenizer=tokenizer.kind,
-        vocab_size=tokenizer.vocab_size,
         steps=cfg.max_iters,
-        tokens_per_s=round(tokens_per_s),
+        tokens_per_s=round(trained_tokens / max(train_time, 1e-9)),
         processes=dist.world_size,
     )
     dist.close()
     return metrics
-
-
-def prompt_ids(tokenizer) -> list[int]:
-    """Where samples start: <|endoftext|> for BPE (GPT-2's document separator), else a newline."""
-    if tokenizer.kind == "bpe":
-        return [tokenizer.special[END_OF_TEXT]]
-    return tokenizer.encode("\n") if "\n" in tokenizer.chars else [0]
-
-
-def write_samples(model: GPT, tokenizer, cfg: TrainConfig, device, path: Path) -> None:
-    """Two samples (temperature 0.8, top-k 200) into samples.txt; the first is printed too."""
-    model.eval()
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
-    idx = torch.tensor([prompt_ids(tokenizer)] * 2, device=device)
-    out = model.generate(idx, cfg.sample_tokens, temperature=0.8, top_k=200, generator=g)
-    samples = [tokenizer.decode(row.tolist()) for row in out]
-    atomic_write_text(path, "\n\n---------------\n\n".join(samples) + "\n")
-    print(f"sample:\n{samples[0].strip()}\n")
-
-
-def write_loss_plot(run_path: Path) -> None:
-    """loss.png from log.jsonl; the last record of each step wins (a resumed run redoes some)."""
-    train, evals = {}, {}
-    for record in read_log(run_path):
-        if "loss" in record:
-            train[record["step"]] = record["loss"]
-        if "val_loss" in record:
-            evals[record["step"]] = (record["train_loss"], record["val_loss"])
-    steps = sorted(evals)
-    plot_curves(
-        run_path / "loss.png",
-        {
-            "train (per step)": (sorted(train), [train[s] for s in sorted(train)]),
-            "train (estimate)": (steps, [evals[s][0] for s in steps]),
-            "val (estimate)": (steps, [evals[s][1] for s in steps]),
-        },
-        xlabel="step",
-        ylabel="cross-entropy (nats per token)",
-    )
 
 
 if __name__ == "__main__":

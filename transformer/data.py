@@ -11,12 +11,13 @@ from __future__ import annotations
 import csv
 import random
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 from shared.data import download, resolve_data_dir
 from shared.errors import DataError, UserError
 
-PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPLIT_SEED = 1234  # the held-out split is fixed, whatever --seed says
 
 # ----------------------------------------------------------------------------- numbers
@@ -166,25 +167,49 @@ def generated_pairs(n_sentences: int = 6000) -> list[tuple[str, str]]:
     return pairs + sorted(sentences.items())
 
 
-def split_pairs(pairs: list, test_fraction: float = 0.1, max_test: int = 1000):
+def split_pairs(items: list, test_fraction: float = 0.1, max_test: int = 1000):
     """A fixed held-out split: the same shuffle (SPLIT_SEED) every run."""
-    order = list(range(len(pairs)))
+    order = list(range(len(items)))
     random.Random(SPLIT_SEED).shuffle(order)
-    n_test = min(max_test, max(1, round(len(pairs) * test_fraction)))
-    test = [pairs[i] for i in order[:n_test]]
-    train = [pairs[i] for i in order[n_test:]]
+    n_test = min(max_test, max(1, round(len(items) * test_fraction)))
+    test = [items[i] for i in order[:n_test]]
+    train = [items[i] for i in order[n_test:]]
     return train, test
+
+
+def split_by_source(pairs: list[tuple[str, str]], max_test: int = 1000):
+    """Held-out English sentences with every French translation of each as its references.
+
+    The split is over distinct English sentences (split_pairs on them, so a file whose English
+    sentences are all distinct, like the generated pairs, splits exactly as split_pairs would):
+    no English sentence is both trained on and tested. Returns the training pairs and the test
+    list of (english, [french, ...]).
+    """
+    translations = dict(group_by_source(pairs))
+    train_sources, test_sources = split_pairs(list(translations), max_test=max_test)
+    train = [(en, fr) for en in train_sources for fr in translations[en]]
+    return train, [(en, translations[en]) for en in test_sources]
+
+
+def group_by_source(pairs: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """(english, [every french translation of it]), in the order the sentences first appear."""
+    translations: dict[str, list[str]] = {}
+    for en, fr in pairs:
+        translations.setdefault(en, []).append(fr)
+    return list(translations.items())
 
 
 # ----------------------------------------------------------------------------- real pairs
 
 ENG_FRA_URL = "https://download.pytorch.org/tutorial/data.zip"  # data/eng-fra.txt inside
+NO_BREAK = str.maketrans({"\u00a0": " ", "\u202f": " "})
 
 
 def read_pairs_file(path: str | Path, max_chars: int) -> list[tuple[str, str]]:
     """English<TAB>French lines (Tatoeba / manythings.org format; extra columns ignored).
 
-    Text is lower-cased; pairs longer than max_chars on either side are left out.
+    Text is lower-cased, and the no-break spaces French puts before ! ? : ; become plain
+    spaces; pairs longer than max_chars on either side are left out.
     """
     path = Path(path)
     if not path.is_file():
@@ -202,7 +227,7 @@ def read_pairs_file(path: str | Path, max_chars: int) -> list[tuple[str, str]]:
             if line.strip():
                 raise DataError(f"{path}:{number}: expected English<TAB>French, got {line!r}")
             continue
-        en, fr = columns[0].strip().lower(), columns[1].strip().lower()
+        en, fr = (column.translate(NO_BREAK).strip().lower() for column in columns[:2])
         if en and fr and len(en) <= max_chars and len(fr) <= max_chars:
             pairs.append((en, fr))
     if len(pairs) < 2:
@@ -284,30 +309,33 @@ def read_labelled_csv(path: str | Path) -> tuple[list[tuple[str, int]], list[str
     return [(",".join(row[1:]).strip().lower(), index[row[0].strip()]) for row in rows], names
 
 
-# ----------------------------------------------------------------------------- characters
+# ----------------------------------------------------------------------------- vocabularies
 
 
 class CharVocab:
     """Characters <-> ids; ids 0, 1, 2 are pad, bos, eos."""
 
-    def __init__(self, chars: list[str]):
-        self.itos = [PAD, BOS, EOS, *chars]
+    kind = "chars"
+
+    def __init__(self, symbols: list[str]):
+        self.itos = [PAD, BOS, EOS, *symbols]
         self.stoi = {c: i for i, c in enumerate(self.itos)}
         self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
+        self.first_id = 3  # the first id of a real character
 
     @classmethod
     def build(cls, texts) -> CharVocab:
         return cls(sorted(set("".join(texts))))
 
     @property
-    def chars(self) -> list[str]:
-        return self.itos[3:]
+    def symbols(self) -> list[str]:
+        return self.itos[self.first_id :]
 
     def __len__(self) -> int:
         return len(self.itos)
 
     def encode(self, text: str) -> list[int]:
-        unknown = sorted(set(text) - set(self.chars))
+        unknown = sorted(set(text) - set(self.symbols))
         if unknown:
             raise UserError(f"characters not in the vocabulary: {''.join(unknown)!r}")
         return [self.stoi[c] for c in text]
@@ -317,6 +345,81 @@ class CharVocab:
         for i in ids:
             if i == self.eos_id:
                 break
-            if i > self.eos_id:
+            if i >= self.first_id:
                 out.append(self.itos[i])
         return "".join(out)
+
+
+class WordVocab(CharVocab):
+    """Words <-> ids, for real sentences: a text is split as BLEU splits it (mteval-v13a: each
+    punctuation mark a word of its own), words seen fewer than min_count times in training
+    become unk, and an output is its words joined by spaces (unk words left out), which BLEU
+    splits back into the same words. ids 0-3 are pad, bos, eos, unk."""
+
+    kind = "words"
+
+    def __init__(self, symbols: list[str]):
+        super().__init__([UNK, *symbols])
+        self.unk_id, self.first_id = 3, 4
+
+    @classmethod
+    def build(cls, texts, min_count: int = 2) -> WordVocab:
+        from metrics import tokenize_13a
+
+        counts = Counter(word for text in texts for word in tokenize_13a(text))
+        return cls(sorted(word for word, count in counts.items() if count >= min_count))
+
+    def encode(self, text: str) -> list[int]:
+        from metrics import tokenize_13a
+
+        return [self.stoi.get(word, self.unk_id) for word in tokenize_13a(text)]
+
+    def decode(self, ids) -> str:
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            if i >= self.first_id:
+                out.append(self.itos[i])
+        return " ".join(out)
+
+
+VOCABULARIES = {"chars": CharVocab, "words": WordVocab}
+
+
+def vocabulary(kind: str, symbols: list[str]) -> CharVocab:
+    """The vocabulary a checkpoint stored: its kind and its symbols (after the special ids)."""
+    return VOCABULARIES[kind](list(symbols))
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, device):
+    """Lists of ids -> (B, L) padded on the right with pad_id to the longest."""
+    import torch
+
+    L = max(len(s) for s in sequences)
+    return torch.tensor([s + [pad_id] * (L - len(s)) for s in sequences], device=device)
+
+
+def translation_batch(pairs, vocab: CharVocab, device):
+    """src (B, S); decoder input bos + target (B, T); targets target + eos (B, T)."""
+    src = pad_batch([vocab.encode(en) for en, _ in pairs], vocab.pad_id, device)
+    tgt = [vocab.encode(fr) for _, fr in pairs]
+    tgt_in = pad_batch([[vocab.bos_id, *t] for t in tgt], vocab.pad_id, device)
+    tgt_out = pad_batch([[*t, vocab.eos_id] for t in tgt], vocab.pad_id, device)
+    return src, tgt_in, tgt_out
+
+
+def text_windows(text: str, length: int, starts) -> list[str]:
+    """The windows text[s : s + length] for each start s (masked-language-model examples)."""
+    return [text[s : s + length] for s in starts]
+
+
+def pretraining_text(name: str, data_dir: str = "") -> tuple[str, str]:
+    """Unlabelled text for masked-language-model pre-training, lower-cased, whitespace runs
+    as single spaces (as the topic sentences are written): the training and held-out parts."""
+    from shared.data import load_text, split_text
+
+    return split_text(" ".join(load_text(name, data_dir).lower().split()))

@@ -1,10 +1,11 @@
 """The Transformer of "Attention Is All You Need" (Vaswani et al., 2017), written by hand.
 
-Read top to bottom: attention, multi-head attention, positional encodings, the position-wise
-feed-forward network, the encoder and decoder layers (Add & Norm after each sub-layer as in the
-paper, or before it with `norm_first`), the stacks, the encoder-decoder with greedy and beam
-decoding (a KV cache makes each new token cost one position, not the whole prefix), and last an
-encoder-only classifier.
+Read top to bottom: attention, multi-head attention, positional encodings, layer
+normalisation, the position-wise feed-forward network, the encoder and decoder layers (Add &
+Norm after each sub-layer as in the paper, or before it with `norm_first`), the stacks, the
+encoder-decoder with greedy and beam decoding (a KV cache makes each new token cost one
+position, not the whole prefix), and last the encoder alone: a classifier, and the masked
+language model that pre-trains it.
 
 Letters in shape comments: B batch, S source length, T target length, C = d_model,
 H heads, D = d_k = C / H per-head width, V vocabulary size, K beams.
@@ -159,6 +160,23 @@ def make_positional(cfg: TransformerConfig) -> nn.Module:
 # ----------------------------------------------------------------------------- layers
 
 
+class LayerNorm(nn.Module):
+    """LayerNorm(x) = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta, over the last axis
+    (Ba et al., 2016): every position's C features get mean 0 and variance 1, then a learned
+    scale and shift. var is the biased variance (divided by C), as in torch.nn.LayerNorm."""
+
+    def __init__(self, d_model: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))  # gamma
+        self.bias = nn.Parameter(torch.zeros(d_model))  # beta
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., C)
+        mean = x.mean(dim=-1, keepdim=True)
+        var = (x - mean).square().mean(dim=-1, keepdim=True)
+        return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
+
+
 class FeedForward(nn.Module):
     """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, the same at every position   (3.3)."""
 
@@ -183,8 +201,8 @@ class EncoderLayer(nn.Module):
             cfg.d_model, cfg.n_head, cfg.dropout, cfg.fused_attention
         )
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
-        self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.norm1 = LayerNorm(cfg.d_model)
+        self.norm2 = LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)  # on each sub-layer's output (5.4)
         self.norm_first = cfg.norm_first
 
@@ -218,9 +236,9 @@ class DecoderLayer(nn.Module):
             cfg.d_model, cfg.n_head, cfg.dropout, cfg.fused_attention
         )
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
-        self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.norm3 = nn.LayerNorm(cfg.d_model)
+        self.norm1 = LayerNorm(cfg.d_model)
+        self.norm2 = LayerNorm(cfg.d_model)
+        self.norm3 = LayerNorm(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.norm_first = cfg.norm_first
 
@@ -263,7 +281,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
-        self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
+        self.norm = LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
 
     def forward(self, x, mask=None):  # x: (B, S, C)
         weights = []
@@ -277,7 +295,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
-        self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
+        self.norm = LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
 
     def forward(self, y, memory, self_mask=None, memory_mask=None, caches=None):
         self_weights, cross_weights = [], []
@@ -355,8 +373,10 @@ class Seq2SeqTransformer(nn.Module):
 
     def decode(self, tgt_in, memory, src_mask):
         """Teacher-forced decoder: tgt_in (B, T) -> logits (B, T, V), self and cross weights."""
-        T = tgt_in.size(1)
-        self_mask = causal_mask(T, tgt_in.device) & padding_mask(tgt_in, self.cfg.pad_id)
+        # The causal mask alone: targets are padded on the right, so no real position can see a
+        # pad anyway, and an id the model itself emitted (pad included) stays a token like any
+        # other, exactly as the KV cache of decode_step treats it.
+        self_mask = causal_mask(tgt_in.size(1), tgt_in.device)  # (1, 1, T, T)
         y, self_w, cross_w = self.decoder(
             self.embed(self.tgt_embed, tgt_in), memory, self_mask, src_mask
         )
@@ -455,32 +475,91 @@ class Seq2SeqTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class TransformerClassifier(nn.Module):
-    """Encoder only: embed, N encoder layers, mean over the non-padding positions, a linear head.
-
-    The mean keeps every position's vote (BERT's [CLS] token is the learned alternative).
-    """
+class TextEncoder(nn.Module):
+    """Encoder only: embed * sqrt(C) + positions, then N encoder layers, over one text."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        assert cfg.n_classes > 0, "a classifier needs n_classes > 0"
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.positional = make_positional(cfg)
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder = Encoder(cfg)
-        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
         nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
 
-    def forward(self, tokens, targets=None):  # tokens: (B, L)
+    def encode(self, tokens):
+        """tokens (B, L) -> outputs (B, L, C), the self-attention weights, the padding mask."""
         mask = padding_mask(tokens, self.cfg.pad_id)  # (B, 1, 1, L)
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model) + self.positional(tokens.size(1))
-        h, _ = self.encoder(self.embed_dropout(x), mask)  # (B, L, C)
+        h, weights = self.encoder(self.embed_dropout(x), mask)
+        return h, weights, mask
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class TransformerClassifier(TextEncoder):
+    """The encoder, then the mean of its outputs over the non-padding positions, a linear head.
+
+    The mean keeps every position's vote (BERT's [CLS] token is the learned alternative).
+    """
+
+    def __init__(self, cfg: TransformerConfig):
+        assert cfg.n_classes > 0, "a classifier needs n_classes > 0"
+        super().__init__(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
+
+    def forward(self, tokens, targets=None):  # tokens: (B, L)
+        h, _, mask = self.encode(tokens)  # (B, L, C)
         keep = mask[:, 0, 0, :, None].to(h.dtype)  # (B, L, 1)
         pooled = (h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)  # (B, C)
         logits = self.head(pooled)  # (B, n_classes)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+
+class MaskedLanguageModel(TextEncoder):
+    """BERT's pre-training task (Devlin et al., 2019, 3.1): predict the tokens hidden in the input.
+
+    The output layer is the embedding matrix again (plus a bias per token), so everything but
+    that bias is a part of the classifier's encoder that fine-tuning starts from.
+    """
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__(cfg)
+        self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, tokens, targets=None):
+        """tokens (B, L) with some replaced; targets (B, L): the original token where one was
+        selected, pad elsewhere (not scored). Returns logits (B, L, V) and the mean loss."""
+        h, _, _ = self.encode(tokens)
+        logits = h @ self.embed.weight.T + self.out_bias  # (B, L, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), ignore_index=self.cfg.pad_id
+            )
+        return logits, loss
+
+
+def mask_tokens(tokens, generator, first_id: int, mask_id: int, vocab_size: int, pad_id: int):
+    """BERT's corruption: 15% of the real tokens are selected; of those 80% become [MASK], 10% a
+    random token, 10% stay as they are, and only the selected ones are predicted.
+
+    tokens (B, L) -> (corrupted tokens, targets): targets hold the original id at selected
+    positions and pad elsewhere. Random replacements are drawn from ids first_id .. V - 1 (the
+    characters, never pad, bos, eos or mask).
+    """
+    real = tokens != pad_id
+    draw = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+    selected = real & (draw < 0.15)
+    action = torch.rand(tokens.shape, generator=generator, device=tokens.device)
+    random_ids = torch.randint(
+        first_id, vocab_size, tokens.shape, generator=generator, device=tokens.device
+    )
+    corrupted = tokens.clone()
+    corrupted[selected & (action < 0.8)] = mask_id
+    replace = selected & (action >= 0.8) & (action < 0.9)
+    corrupted[replace] = random_ids[replace]
+    targets = torch.where(selected, tokens, torch.full_like(tokens, pad_id))
+    return corrupted, targets

@@ -34,8 +34,10 @@ def test_dry_run_writes_checkpoint_metrics_plot_and_samples(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["metric"] == "val_loss" and math.isfinite(metrics["value"])
     assert metrics["unigram_val_loss"] > 0 and metrics["steps"] == 4
-    # One token per character: the loss per character is the loss per token.
+    # One token per character, one byte per (ASCII) character: nats per token are nats per
+    # character, and bits per byte are those nats / ln 2.
     assert metrics["val_loss_per_char"] == pytest.approx(metrics["value"])
+    assert metrics["val_bits_per_byte"] == pytest.approx(metrics["value"] / math.log(2))
 
 
 def test_inference_streams_samples_from_the_dry_run_checkpoint(trained):
@@ -51,7 +53,7 @@ def test_resume_continues_with_the_identical_next_losses(tiny, trained, tmp_path
         PROJECT, "train.py", *tiny, "--max-iters", "2", "--lr-decay-iters", "4", "--out", tmp_path
     )
     result = run_script(PROJECT, "train.py", *tiny, "--resume", "--out", tmp_path)
-    assert "resuming" in result.stdout
+    assert "resuming at step 2" in result.stdout
     full = {r["step"]: r["loss"] for r in read_log(trained) if "loss" in r}
     resumed = {r["step"]: r["loss"] for r in read_log(tmp_path) if "loss" in r}
     assert resumed == pytest.approx(full, rel=1e-6) and sorted(resumed) == [1, 2, 3, 4]
@@ -117,6 +119,17 @@ def test_a_missing_dataset_gets_a_one_line_error_and_no_run_folder(tmp_path):
     assert "typo.txt does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()  # nor is runs/latest repointed: start_run never ran
+
+
+def test_a_model_too_large_for_memory_gets_a_one_line_error_naming_the_flag(tmp_path):
+    text = tmp_path / "fox.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog.\n" * 30)
+    out = tmp_path / "run"
+    flags = ("--dataset", text, "--n-embd", "1000000", "--out", out)
+    result = run_script(PROJECT, "train.py", *flags, expect_code=2)
+    assert "--n-embd 1000000" in result.stderr and "GB free" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_impossible_model_shapes_are_refused_before_training():

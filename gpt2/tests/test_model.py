@@ -4,6 +4,7 @@ import pytest
 import torch
 from model import (
     GPT,
+    MLP,
     GPTConfig,
     KVCache,
     from_pretrained,
@@ -49,6 +50,21 @@ def test_residual_projections_start_with_std_002_over_sqrt_2_n_layer():
     assert other.std().item() == pytest.approx(0.02, rel=0.02)
 
 
+def test_mlp_gelu_is_gpt2s_tanh_formula_or_the_exact_x_times_normal_cdf():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    formulas = {
+        "tanh": lambda h: (
+            0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h**3)))
+        ),
+        "exact": lambda h: h * 0.5 * (1 + torch.erf(h / math.sqrt(2))),  # x Phi(x)
+    }
+    for gelu, formula in formulas.items():
+        mlp = MLP(GPTConfig(n_embd=8, gelu=gelu)).double()
+        expected = mlp.c_proj(formula(mlp.c_fc(x)))
+        assert torch.allclose(mlp(x), expected, atol=1e-12), gelu
+
+
 def test_changing_token_t_changes_no_logit_before_t():
     model = tiny_model()
     idx = torch.randint(TINY.vocab_size, (2, 12))
@@ -88,12 +104,48 @@ def test_kv_cache_logits_equal_full_recompute_over_a_whole_generation():
     assert torch.allclose(torch.cat(step_logits, dim=1), full, atol=1e-12)
 
 
-def test_sampling_with_and_without_cache_gives_the_same_greedy_text():
+def context_sensitive_model() -> GPT:
+    """A random model whose next token depends on the whole context: with GPT-2's 0.02 init
+    the LayerNorm biases decide every greedy token alone, and any two samplers agree."""
     model = tiny_model()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return model
+
+
+def sample_by_definition(model, idx, n_new, generator=None, **sampling):
+    """The plain definition of sampling: each token from the last block_size tokens."""
+    for _ in range(n_new):
+        logits, _ = model(idx[:, -model.config.block_size :])
+        next_token = sample_next(logits[:, -1], generator=generator, **sampling)
+        idx = torch.cat([idx, next_token], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("sampling", [dict(temperature=0), dict(temperature=1.5, top_k=10)])
+def test_stream_past_block_size_gives_the_tokens_of_the_definition(use_cache, sampling):
+    # 4 + 40 tokens: the window slides 28 times past block_size 16.
+    model = context_sensitive_model()
     prompt = torch.randint(TINY.vocab_size, (2, 4))
-    cached = model.generate(prompt, 12, temperature=0, use_cache=True)
-    recomputed = model.generate(prompt, 12, temperature=0, use_cache=False)
-    assert torch.equal(cached, recomputed)
+    expected = sample_by_definition(
+        model, prompt, 40, generator=torch.Generator().manual_seed(1), **sampling
+    )
+    g = torch.Generator().manual_seed(1)
+    streamed = model.stream(prompt, 40, use_cache=use_cache, generator=g, **sampling)
+    assert torch.equal(torch.cat([prompt, *streamed], dim=1), expected)
+
+
+def test_a_prompt_longer_than_block_size_is_cropped_to_its_last_block_size_tokens():
+    model = context_sensitive_model()
+    prompt = torch.randint(TINY.vocab_size, (1, 3 * TINY.block_size))
+    cached = model.generate(prompt, 8, temperature=0, use_cache=True)
+    assert torch.equal(cached, sample_by_definition(model, prompt, 8, temperature=0))
 
 
 def test_top_k_and_top_p_keep_only_the_hand_worked_tokens():

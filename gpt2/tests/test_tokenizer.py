@@ -1,5 +1,6 @@
 import json
 import random
+from collections import Counter
 
 import pytest
 from tokenizer import (
@@ -7,6 +8,7 @@ from tokenizer import (
     BPETokenizer,
     CharTokenizer,
     bytes_to_unicode,
+    merge_pair,
     tokenizer_from_state,
 )
 
@@ -34,6 +36,31 @@ def test_bpe_round_trips_arbitrary_bytes_and_unicode():
     # Any byte string, valid UTF-8 or not, is a sequence of byte tokens.
     raw = bytes(rng.randrange(256) for _ in range(500))
     assert tok.decode_bytes([tok.byte_id[b] for b in raw]) == raw
+
+
+def merges_by_recounting(text: str, n_merges: int) -> list[tuple[int, int]]:
+    """BPE training by its definition: recount every adjacent pair of every chunk before each
+    merge (slow, obviously right), with the same tie-break as BPETokenizer.train."""
+    words = [list(chunk.encode("utf-8")) for chunk in PRE_SPLIT.findall(text)]
+    merges = []
+    for new_id in range(256, 256 + n_merges):
+        counts = Counter(pair for word in words for pair in zip(word, word[1:]))
+        if not counts:
+            break
+        best = max(counts, key=lambda p: (counts[p], -p[0], -p[1]))
+        merges.append(best)
+        words = [merge_pair(word, best, new_id) for word in words]
+    return merges
+
+
+@pytest.mark.parametrize("alphabet", ["ab ", "abc a\n", "aaaab ", "xyz .!é"])
+def test_bpe_incremental_pair_counts_give_the_merges_of_a_full_recount(alphabet):
+    # Small alphabets make runs like "aaaa", where merges overlap and counts change most.
+    rng = random.Random(len(alphabet))
+    text = "".join(rng.choice(alphabet) for _ in range(3000))
+    learned = BPETokenizer.train(text, vocab_size=257 + 60)
+    assert len(learned.merges) > 20
+    assert learned.merges == merges_by_recounting(text, 60)
 
 
 def test_pre_split_gives_gpt2s_chunks():

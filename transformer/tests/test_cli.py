@@ -1,5 +1,6 @@
 """train.py and inference.py as a user runs them: dry runs, then the error cases."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,86 @@ def test_a_binary_pairs_file_is_a_one_line_error(tmp_path):
     result = run_script(PROJECT, "train.py", "--dry-run", "--pairs-file", binary,
                         "--out", tmp_path / "run", expect_code=2)  # fmt: skip
     assert "is not UTF-8 text" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_model_too_large_for_memory_is_one_line_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    result = run_script(PROJECT, "train.py", "--d-model", "100000", "--n-head", "4",
+                        "--out", out, expect_code=2)  # fmt: skip
+    assert result.stderr.startswith("error: --d-model 100000 ") and "GB" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_inference_at_a_terminal_prompts_for_each_line(translation_run):
+    """stdin a pseudo-terminal, as when a user runs `python inference.py` and types."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "inference.py", "--checkpoint", str(translation_run / "model.pt")],
+        cwd=PROJECT, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, TQDM_DISABLE="1"),
+    )  # fmt: skip
+    os.close(terminal)
+    os.write(controller, b"seven\n\x04")  # a line, then Ctrl-D
+    stdout, stderr = process.communicate(timeout=120)
+    os.close(controller)
+    assert process.returncode == 0, stderr
+    assert stderr.startswith("type a sentence and press Enter") and stderr.count("> ") == 2
+    assert stdout.startswith("seven\t") and len(stdout.strip().splitlines()) == 1
+
+
+def test_a_pairs_file_is_scored_once_per_english_sentence_with_every_reference(translation_run):
+    pairs = translation_run / "pairs.txt"
+    pairs.write_text("seven\tsept\nseven\tsept !\nthree hundred\ttrois cents\tattribution\n"
+                     "snow ☃\tneige\n", encoding="utf-8")  # fmt: skip
+    result = run_script(PROJECT, "inference.py", "--checkpoint", translation_run / "model.pt",
+                        "--pairs-file", pairs)  # fmt: skip
+    assert "     sept | sept !" in result.stdout
+    assert "2 English sentences (3 pairs; 1 skipped" in result.stdout
+
+
+def test_fresh_topic_texts_are_new_and_classified_by_inference(tmp_path):
+    from data import generated_topics
+
+    texts = tmp_path / "fresh.txt"
+    key = run_script(PROJECT, "make_texts.py", "--per-topic", "3", "--out", texts).stdout
+    lines = texts.read_text().splitlines()
+    corpus = {text for text, _ in generated_topics()}
+    assert len(lines) == 15 == len(set(lines)) and not corpus & set(lines)
+    assert [line.split("\t")[1] for line in key.splitlines()] == lines
+    assert [line.split("\t")[0] for line in key.splitlines()[::3]] == [
+        "technology", "sports", "science", "music", "food"]  # fmt: skip
+    run_script(PROJECT, "train.py", "--task", "classify", "--dry-run", "--out", tmp_path / "c")
+    labels = run_script(PROJECT, "inference.py", "--checkpoint", tmp_path / "c" / "model.pt",
+                        "-", stdin=texts.read_text()).stdout.splitlines()  # fmt: skip
+    assert [line.split("\t")[0] for line in labels] == lines
+
+
+def test_masked_language_model_pre_training_then_fine_tuning_from_it(tmp_path):
+    from train import noam_lr
+
+    from shared.state import read_state
+
+    run_script(PROJECT, "train.py", "--task", "mlm", "--dry-run", "--out", tmp_path / "mlm")
+    assert (tmp_path / "mlm" / "masked.png").stat().st_size > 0
+    pretrained = tmp_path / "mlm" / "model.pt"
+    run_script(PROJECT, "train.py", "--task", "classify", "--dry-run", "--init-from",
+               pretrained, "--average-last", "0", "--max-iters", "1", "--eval-interval", "1",
+               "--out", tmp_path / "fine")  # fmt: skip
+    language_model = read_state(pretrained)["average"]
+    classifier = read_state(tmp_path / "fine" / "model.pt")["model"]
+    # One fine-tuning step from the pre-trained weights: Adam's first step moves every weight
+    # with a gradient by exactly the learning rate (m / sqrt(v) = g / |g|), so nothing moved
+    # further than that; weights drawn afresh would differ by far more.
+    lr = noam_lr(1, 16, 2)  # the dry run's d_model and warm-up
+    for name in ("embed.weight", "encoder.layers.0.ff.linear1.weight"):
+        shift = (classifier[name] - language_model[name]).abs().max().item()
+        assert math.isclose(shift, lr, rel_tol=1e-4), name
+    not_a_language_model = tmp_path / "fine" / "model.pt"
+    wrong = run_script(PROJECT, "train.py", "--task", "classify", "--dry-run", "--init-from",
+                       not_a_language_model, "--out", tmp_path / "x", expect_code=2)  # fmt: skip
+    assert "holds a classify model, not --task mlm" in wrong.stderr

@@ -11,6 +11,7 @@ from model import (
     DecoderLayer,
     Encoder,
     EncoderLayer,
+    LayerNorm,
     MultiHeadAttention,
     Seq2SeqTransformer,
     SinusoidalPositionalEncoding,
@@ -18,6 +19,7 @@ from model import (
     TransformerConfig,
     causal_mask,
     label_smoothed_cross_entropy,
+    mask_tokens,
     padding_mask,
 )
 
@@ -238,3 +240,52 @@ def test_shared_embeddings_tie_source_target_and_output_only_when_asked(share):
     model = Seq2SeqTransformer(tiny_config(share_embeddings=share))
     tied = model.src_embed.weight is model.tgt_embed.weight is model.out_proj.weight
     assert tied == share
+
+
+def test_layer_norm_matches_torch_forward_and_gradients():
+    torch.manual_seed(8)
+    ours, theirs = LayerNorm(C).double(), nn.LayerNorm(C).double()
+    with torch.no_grad():  # not the trivial gamma 1, beta 0
+        ours.weight.copy_(torch.randn(C))
+        ours.bias.copy_(torch.randn(C))
+    theirs.load_state_dict(ours.state_dict())
+    x = (3 * torch.randn(2, 5, C, dtype=torch.float64) + 2).requires_grad_()
+    out, ref = ours(x), theirs(x)
+    assert torch.allclose(out, ref, atol=1e-12)
+    grad_out = torch.randn_like(out)
+    dx, dw, db = torch.autograd.grad(out, (x, ours.weight, ours.bias), grad_out)
+    ref_dx, ref_dw, ref_db = torch.autograd.grad(ref, (x, theirs.weight, theirs.bias), grad_out)
+    for a, b in ((dx, ref_dx), (dw, ref_dw), (db, ref_db)):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_the_model_normalises_with_the_hand_written_layer_norm():
+    model = Seq2SeqTransformer(tiny_config(norm_first=True))
+    norms = [m for m in model.modules() if isinstance(m, (LayerNorm, nn.LayerNorm))]
+    assert len(norms) == 2 * 2 + 3 * 2 + 2 and all(type(m) is LayerNorm for m in norms)
+
+
+def test_masking_selects_15_percent_of_real_tokens_then_masks_80_randomises_10_keeps_10():
+    V, first, mask_id, pad = 30, 3, 1, 0
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(first, V, (400, 500), generator=g)
+    tokens[:, 400:] = pad  # a fifth is padding: never selected
+    corrupted, targets = mask_tokens(tokens, g, first, mask_id, V, pad)
+    selected = targets != pad
+    assert not selected[:, 400:].any() and torch.equal(corrupted[:, 400:], tokens[:, 400:])
+    assert torch.equal(targets[selected], tokens[selected])
+    assert torch.equal(corrupted[~selected], tokens[~selected])  # only the selected change
+    n_real, n = 400 * 400, int(selected.sum())
+    masked = corrupted[selected] == mask_id
+    kept = corrupted[selected] == tokens[selected]
+    randomised = ~masked & ~kept
+    chars = V - first  # a random replacement is the original character 1 time in `chars`
+    for share, expected, count in (
+        (n / n_real, 0.15, n_real),
+        (masked.float().mean().item(), 0.8, n),
+        (kept.float().mean().item(), 0.1 + 0.1 / chars, n),
+        (randomised.float().mean().item(), 0.1 * (1 - 1 / chars), n),
+    ):
+        assert abs(share - expected) < 4 * math.sqrt(expected * (1 - expected) / count)
+    replaced = corrupted[selected][randomised]
+    assert replaced.min() >= first and replaced.max() < V  # never pad, bos, eos or [MASK]
