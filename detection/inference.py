@@ -12,18 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.patches as patches
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from data import load_image_file, make_scenes
 from model import DetectorConfig, build_detector
+from report import draw_detections
 
-from shared.checkpoint import load_checkpoint, load_model_state
+from shared.checkpoint import load_model_state
 from shared.cli import arg, cli_main
 from shared.logging import default_checkpoint
 from shared.plots import save_figure
-from shared.runtime import get_device
+from shared.runtime import get_device, set_threads
+from shared.state import read_state
 
 PROJECT = Path(__file__).parent
 
@@ -36,6 +37,7 @@ class InferenceConfig:
     score_threshold: float = arg(0.5, "lowest score shown", min=0, max=1)
     seed: int = arg(0, "which generated scene, when no image is given", min=0)
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", min=0)
 
 
 def resize(grey: np.ndarray, size: int) -> np.ndarray:
@@ -47,8 +49,9 @@ def resize(grey: np.ndarray, size: int) -> np.ndarray:
 
 
 def main(cfg: InferenceConfig) -> list[tuple[str, float, list[float]]]:
+    set_threads(cfg.threads)
     path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(PROJECT, "model.pt")
-    state = load_checkpoint(path, required=("model", "config", "classes"))
+    state = read_state(path, required=("model", "config", "classes"))
     model_cfg = DetectorConfig(**state["config"])
     model = build_detector(model_cfg)
     load_model_state(model, state["model"], path)
@@ -73,10 +76,7 @@ def main(cfg: InferenceConfig) -> list[tuple[str, float, list[float]]]:
         name = state["classes"][label]
         found.append((name, score, box))
         print(f"{name} {score:.3f} " + " ".join(f"{v:.1f}" for v in box))
-        ax.add_patch(
-            patches.Rectangle(box[:2], box[2] - box[0], box[3] - box[1], fill=False, ec="lime")
-        )
-        ax.text(box[0], box[1] - 1, f"{name} {score:.2f}", color="lime", fontsize=8)
+    draw_detections(ax, boxes.numpy(), scores, labels, state["classes"], colours=("lime",))
     if not found:
         print(f"no objects found above score {cfg.score_threshold}")
     out = Path(cfg.out) if cfg.out else path.parent / "inference.png"

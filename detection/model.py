@@ -210,6 +210,25 @@ def sample_labels(labels: torch.Tensor, n: int, positive_fraction: float) -> tor
     return torch.cat([positives, negatives])
 
 
+def label_anchors(anchors, boxes, high: float = 0.6, low: float = 0.3):
+    """The RPN's training labels (A,): 1 object, 0 background, -1 ignored; and the index of
+    each anchor's best box (A,).
+
+    An anchor is positive if its IoU with some box is >= high, or if it is the best anchor of a
+    box (so every box gets one, however oddly shaped); negative if its best IoU is < low; the
+    ones in between teach nothing clear and are ignored (Faster R-CNN, section 3.1.2).
+    """
+    labels = torch.zeros(len(anchors), device=anchors.device)
+    matched = torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
+    if len(boxes):
+        iou = box_iou(anchors, boxes)  # (A, K)
+        best_iou, matched = iou.max(1)
+        labels[(best_iou >= low) & (best_iou < high)] = -1
+        labels[best_iou >= high] = 1
+        labels[iou.argmax(0)] = 1
+    return labels, matched
+
+
 class TwoStageDetector(nn.Module):
     BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # the head's deltas are scaled up, as in Faster R-CNN
 
@@ -259,14 +278,7 @@ class TwoStageDetector(nn.Module):
         IoU < 0.3 negative; 64 sampled per image, half positive at most. BCE + smooth L1."""
         cls_losses, box_losses, count = logits.new_zeros(()), logits.new_zeros(()), 0
         for image_logits, image_deltas, target in zip(logits, deltas, targets):
-            labels = torch.zeros(len(self.anchors), device=logits.device)
-            matched = torch.zeros(len(self.anchors), dtype=torch.long, device=logits.device)
-            if len(target["boxes"]):
-                iou = box_iou(self.anchors, target["boxes"])  # (anchors, K)
-                best_iou, matched = iou.max(1)
-                labels[(best_iou >= 0.3) & (best_iou < 0.6)] = -1
-                labels[best_iou >= 0.6] = 1
-                labels[iou.argmax(0)] = 1
+            labels, matched = label_anchors(self.anchors, target["boxes"])
             chosen = sample_labels(labels, 64, 0.5)
             cls_losses = cls_losses + F.binary_cross_entropy_with_logits(
                 image_logits[chosen], labels[chosen], reduction="sum"

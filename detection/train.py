@@ -4,6 +4,7 @@ scenes.
 
     python train.py                          # the default detector on digit scenes
     python train.py --detector yolo          # or sliding, two-stage
+    python train.py --preset mnist --data-dir DATA        # scenes of real MNIST digits
     python train.py --dataset voc --annotations my_voc/Annotations --image-root my_voc/JPEGImages
 """
 
@@ -11,29 +12,70 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import matplotlib.patches as patches
-import matplotlib.pyplot as plt
 import numpy as np
+import report
 import torch
 from data import make_scenes, read_coco, read_voc, scenes_from_annotations
 from evaluation import coco_map, voc_map
 from model import DETECTORS, DetectorConfig, build_detector
 
-from shared.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from shared.cli import RunConfig, arg, cli_main
+from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.errors import UserError
 from shared.logging import progress, start_run
-from shared.plots import plot_curves, save_figure
-from shared.runtime import get_device, seed_everything, set_threads
+from shared.runtime import (
+    check_fits_in_memory,
+    count_parameters,
+    get_device,
+    seed_everything,
+    set_threads,
+)
+from shared.state import TrainingState, load_for_resume
 
 PROJECT = Path(__file__).parent
+CHECKPOINT = "model.pt"
+# What decides the data, the model and the learning-rate schedule: a resumed run must keep them.
+MUST_MATCH = (
+    "detector",
+    "dataset",
+    "annotations",
+    "train_scenes",
+    "canvas",
+    "max_digits",
+    "clutter",
+    "max_overlap",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "width",
+    "roi_op",
+)
+MNIST_SCENES = dict(dataset="mnist", train_scenes=4000, test_scenes=1000, val_scenes=200)
 
 
 @dataclass
 class TrainConfig(RunConfig):
+    PRESETS = {
+        "mnist": Preset(
+            "two-stage detector on 64x64 scenes of real MNIST digits (train digits for training "
+            "scenes, test digits for test scenes)",
+            dict(detector="two-stage", epochs=16, **MNIST_SCENES),
+            anchor="torchvision's detection references: the same two-stage design (RPN, RoI "
+            "align, box weights 10, 10, 5, 5, warm-up then decay); their Faster R-CNN "
+            "ResNet-50-FPN reaches COCO box AP 37.0",
+            report=("coco_map", "images_per_s"),
+        ),
+        "mnist-yolo": Preset(
+            "YOLO v1 on the same scenes of real MNIST digits",
+            dict(detector="yolo", epochs=30, **MNIST_SCENES),
+            anchor="the two-stage row beside it (YOLO v1, Redmon et al. 2016: one pass per image)",
+            report=("coco_map", "images_per_s"),
+        ),
+    }
+
     detector: str = arg("two-stage", "which detector to train", choices=DETECTORS)
     dataset: str = arg(
         "digits",
@@ -44,6 +86,9 @@ class TrainConfig(RunConfig):
     image_root: str = arg("", "folder of the annotated images (default: beside the annotations)")
     train_scenes: int = arg(2000, "generated training scenes", min=1)
     test_scenes: int = arg(300, "generated held-out scenes", min=1)
+    val_scenes: int = arg(
+        60, "generated validation scenes (test digits, other scenes), scored every epoch", min=1
+    )
     canvas: int = arg(64, "scene side in pixels (a multiple of 8)", min=32)
     max_digits: int = arg(4, "most digits in one scene", min=1)
     clutter: int = arg(0, "random non-digit strokes per scene", min=0)
@@ -55,6 +100,7 @@ class TrainConfig(RunConfig):
     width: int = arg(16, "channels of the first backbone stage", min=4)
     roi_op: str = arg("align", "two-stage region features", choices=("align", "pool"))
     score_threshold: float = arg(0.05, "lowest score kept when evaluating", min=0, max=1)
+    log_every: int = arg(20, "steps between logged losses", min=1)
     threads: int = arg(0, "torch CPU threads (0: torch's default)", min=0)
 
     def check(self):
@@ -64,8 +110,42 @@ class TrainConfig(RunConfig):
             raise UserError(f"--dataset {self.dataset} needs --annotations")
 
 
+def dry_run_config(cfg: TrainConfig) -> TrainConfig:
+    """A tiny backbone, three epochs of two steps each, every step logged."""
+    return replace(
+        cfg,
+        train_scenes=16,
+        test_scenes=4,
+        val_scenes=4,
+        epochs=3,
+        batch_size=8,
+        width=4,
+        log_every=1,
+    )
+
+
+def check_memory(cfg: TrainConfig, device) -> None:
+    """Before anything is allocated: weights, gradients and AdamW's two moments (counted with
+    10 classes: the class count barely changes them); every scene; the feature maps of a
+    training batch (about 12 full-resolution maps of --width channels per image, the later
+    stages adding half as much again), twice over for the backward pass, and of a test batch;
+    and the fixed boxes (sliding windows or anchors) with their IoU against a scene's digits."""
+    model_cfg = DetectorConfig(cfg.detector, 10, cfg.canvas, cfg.width, roi_op=cfg.roi_op)
+    n_params = count_parameters(lambda: build_detector(model_cfg))
+    pixels = cfg.canvas**2
+    scenes = cfg.train_scenes + cfg.val_scenes + cfg.test_scenes
+    feature_maps = 18 * cfg.width * pixels * (2 * cfg.batch_size + 64)  # 64: a test batch
+    fixed_boxes = 9 * pixels / 16 if cfg.detector == "two-stage" else 0
+    if cfg.detector == "sliding":
+        fixed_boxes = 8 * pixels / 9 * (1 + 256 / 4)  # and each window's 16x16 crop
+    n_bytes = 4 * (4 * n_params + scenes * pixels + feature_maps + 8 * fixed_boxes)
+    flags = f"--width {cfg.width} --canvas {cfg.canvas} --batch-size {cfg.batch_size}"
+    check_fits_in_memory(n_bytes, f"{flags} --train-scenes {cfg.train_scenes}", device)
+
+
 def load_data(cfg: TrainConfig):
-    """(train scenes, test scenes): generated, or your annotated images split 80/20 by seed."""
+    """(train, validation, test scenes): generated, or your annotated images split 80/20 by
+    seed (the held-out fifth is then both the validation and the test set)."""
     if cfg.dataset in ("digits", "mnist"):
         options = dict(
             canvas=cfg.canvas,
@@ -76,8 +156,10 @@ def load_data(cfg: TrainConfig):
             data_dir=cfg.data_dir,
             seed=cfg.seed,
         )
+        validation = make_scenes(cfg.val_scenes, "test", **{**options, "seed": cfg.seed + 1})
         return (
             make_scenes(cfg.train_scenes, "train", **options),
+            validation,
             make_scenes(cfg.test_scenes, "test", **options),
         )
     path = Path(cfg.annotations)
@@ -99,7 +181,7 @@ def load_data(cfg: TrainConfig):
         [annotations[i] for i in order[:cut]], root, cfg.canvas, classes
     )
     test = scenes_from_annotations([annotations[i] for i in order[cut:]], root, cfg.canvas, classes)
-    return train, test
+    return train, test, test
 
 
 def targets_of(scenes, index, device):
@@ -135,43 +217,23 @@ def evaluate(model, scenes, cfg: TrainConfig, device) -> dict:
     }
 
 
-def plot_detections(path, scenes, predictions, score_threshold=0.5, n=8):
-    """Held-out scenes with true boxes (dashed white) and detections (coloured, labelled)."""
-    n = min(n, len(scenes))
-    cols = math.ceil(n / 2)
-    fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols, 4.6), squeeze=False)
-    colours = plt.cm.tab10.colors
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, range(n)):
-        ax.imshow(scenes.images[i, 0], cmap="gray", vmin=0, vmax=1)
-        ax.axis("off")
-        for box in scenes.boxes[i]:
-            ax.add_patch(
-                patches.Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, ec="white", ls="--")
-            )
-        for box, score, label in zip(*predictions[i]):
-            if score < score_threshold:
-                continue
-            box = box.numpy()
-            colour = colours[int(label) % 10]
-            ax.add_patch(patches.Rectangle(box[:2], *(box[2:] - box[:2]), fill=False, ec=colour))
-            ax.text(
-                box[0], box[1] - 1, f"{scenes.classes[label]} {score:.2f}", color=colour, fontsize=7
-            )
-    save_figure(fig, path)
+def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over the first 5% of the steps, then cosine decay from --lr to 0."""
+    warmup = max(1, total_steps // 20)
+    cosine = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    return cfg.lr * min(1.0, (step + 1) / warmup) * cosine
 
 
 def main(cfg: TrainConfig) -> dict:
     if cfg.dry_run:
-        cfg.train_scenes, cfg.test_scenes, cfg.epochs = 16, 4, 1
-        cfg.batch_size, cfg.width = 8, 4
-    run = start_run(f"detection ({cfg.detector})", cfg, PROJECT)
+        cfg = dry_run_config(cfg)
+    ckpt = load_for_resume(cfg, PROJECT, CHECKPOINT, must_match=MUST_MATCH)
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
     device = get_device(cfg.device)
 
-    train, test = load_data(cfg)
+    check_memory(cfg, device)
+    train, validation, test = load_data(cfg)
     model_cfg = DetectorConfig(
         detector=cfg.detector,
         n_classes=len(train.classes),
@@ -179,77 +241,40 @@ def main(cfg: TrainConfig) -> dict:
         width=cfg.width,
         roi_op=cfg.roi_op,
     )
+    run = start_run(f"detection ({cfg.detector})", cfg, PROJECT)
     model = build_detector(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Parts: the model and AdamW; the global generators (the shuffle, the sampled anchors,
+    # regions and windows) are kept with them.
+    state = TrainingState(run.path / CHECKPOINT, cfg, model=model, optimizer=optimizer)
+    start = state.restore(ckpt)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
-    history = {"step": [], "loss": []}
-    first_epoch = 0
-    checkpoint_path = run.path / "model.pt"
-    if cfg.resume:
-        state = load_checkpoint(checkpoint_path, required=("model", "optimizer", "epoch"))
-        load_model_state(model, state["model"], checkpoint_path)
-        optimizer.load_state_dict(state["optimizer"])
-        first_epoch, history = state["epoch"] + 1, state["history"]
-        torch.set_rng_state(state["rng"])
+    inference_needs = dict(config=asdict(model_cfg), classes=list(train.classes))
 
     images = torch.from_numpy(train.images).to(device)
-    step = first_epoch * steps_per_epoch
-    for epoch in range(first_epoch, cfg.epochs):
+    step = start
+    for epoch in range(start // steps_per_epoch, cfg.epochs):
         model.train()
         order = torch.randperm(len(train))
         for index in progress(order.split(cfg.batch_size), desc=f"epoch {epoch + 1}"):
-            # cosine decay from lr to 0 over the whole run, after a 5% linear warm-up
-            warmup = max(1, total_steps // 20)
-            scale = (
-                min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-            )
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * scale
+                group["lr"] = learning_rate(step, total_steps, cfg)
             _, losses = model(images[index], targets_of(train, index.tolist(), device))
-            loss = sum(losses.values())
+            loss = sum(losses.values())  # RPN + head, or YOLO's four terms
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            history["step"].append(step)
-            history["loss"].append(loss.item())
-            if step % 20 == 0:
-                run.log(step=step, epoch=epoch, **{k: v.item() for k, v in losses.items()})
             step += 1
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "model": model.state_dict(),
-                "config": asdict(model_cfg),
-                "classes": list(train.classes),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "history": history,
-                "rng": torch.get_rng_state(),
-            },
-        )
+            if step % cfg.log_every == 0:
+                run.log(step=step, epoch=epoch + 1, loss=loss, **losses)
+        val_map50 = evaluate(model, validation, cfg, device)["voc"]["map"]
+        run.log(step=step, epoch=epoch + 1, val_map50=val_map50)
+        state.save(step, **inference_needs)
 
     result = evaluate(model, test, cfg, device)
+    report.write_figures(run.path, test, result, cfg.detector)
     voc = result["voc"]
-    plot_curves(
-        run.path / "loss.png",
-        {"train": (history["step"], history["loss"])},
-        ylabel="total loss",
-        logy=True,
-    )
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for label, (precision, recall) in voc["curves"].items():
-        ax.plot(recall, precision, label=f"{test.classes[label]} AP {voc['ap'][label]:.2f}")
-    ax.set(
-        xlabel="recall",
-        ylabel="precision",
-        xlim=(0, 1.02),
-        ylim=(0, 1.02),
-        title=f"{cfg.detector}: mAP@0.5 = {voc['map']:.3f}",
-    )
-    ax.legend(fontsize=7, loc="lower left")
-    save_figure(fig, run.path / "pr_curves.png")
-    plot_detections(run.path / "detections.png", test, result["predictions"])
     return run.finish(
         metric="map50",
         value=voc["map"],

@@ -1,5 +1,5 @@
 """Sample from a trained GAN: a grid of images (or a scatter of 2-D points), a class on demand,
-or walks through latent space.
+or walks through latent space. Reads what train.py (model.pt) or gan2d.py (model.npz) wrote.
 
     python inference.py                                # runs/latest, 64 samples -> generated.png
     python inference.py --num 100 --out grid.png
@@ -31,6 +31,7 @@ class InferenceConfig:
     interpolate: bool = arg(False, "image GANs: walk between random latents (slerp) instead")
     seed: int = arg(0, "seed of the latents", min=0)
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int = arg(0, "torch CPU threads (0: torch's default, as in train.py)", min=0)
 
 
 def find_checkpoint(cfg: InferenceConfig) -> Path:
@@ -40,31 +41,27 @@ def find_checkpoint(cfg: InferenceConfig) -> Path:
     for name in ("model.pt", "model.npz"):
         if (run / name).exists():
             return run / name
-    raise CheckpointError(f"no model.pt or model.npz in {run} (train first: python train.py)")
+    raise CheckpointError(
+        f"no model.pt or model.npz in {run} (train first: python train.py or python gan2d.py)"
+    )
 
 
 def sample_points(cfg: InferenceConfig, path: Path, out: Path) -> str:
     """The NumPy GAN: a scatter of generated 2-D points."""
     from gan2d import GAN2D, GAN2DConfig
 
-    from shared.checkpoint import load_arrays
     from shared.plots import save_figure
+    from shared.state import read_state
 
     if cfg.interpolate or cfg.class_ != -1:
         raise UserError("--interpolate and --class apply to image GAN checkpoints (model.pt)")
-    arrays, meta = load_arrays(path)
-    if meta.get("kind") != "numpy-gan2d":
-        raise CheckpointError(f"checkpoint {path} is not a NumPy GAN checkpoint")
+    ckpt = read_state(path, required=("model", "config", "train_config"))
     try:
-        config = GAN2DConfig(**meta["config"])
-    except (KeyError, TypeError):
-        raise CheckpointError(f"checkpoint {path} has no usable model config") from None
-    model = GAN2D(config, np.random.default_rng(0))
-    params = {k.removeprefix("model."): v for k, v in arrays.items() if k.startswith("model.")}
-    for name, param in model.state().items():
-        if name not in params or params[name].shape != param.shape:
-            raise CheckpointError(f"checkpoint {path} does not fit the model ({name})")
-    model.load_state(params)
+        config = GAN2DConfig(**ckpt["config"])
+        model = GAN2D(config, np.random.default_rng(0))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} does not fit the model ({err})") from None
     z = np.random.default_rng(cfg.seed).standard_normal((cfg.num, config.z_dim))
     points = model.sample(z)  # (num, 2)
 
@@ -73,7 +70,8 @@ def sample_points(cfg: InferenceConfig, path: Path, out: Path) -> str:
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(points[:, 0], points[:, 1], s=4, c="orange")
     ax.set_aspect("equal")
-    ax.set_title(f"{cfg.num} samples of the NumPy GAN ({meta.get('toy', '2-D')})", fontsize=9)
+    toy = ckpt["train_config"].get("toy", "2-D")
+    ax.set_title(f"{cfg.num} samples of the NumPy GAN ({toy})", fontsize=9)
     save_figure(fig, out)
     return f"wrote {cfg.num} generated points to {out}"
 
@@ -85,8 +83,9 @@ def sample_images(cfg: InferenceConfig, path: Path, out: Path) -> str:
 
     from shared.checkpoint import load_checkpoint, load_model_state
     from shared.plots import save_image_grid
-    from shared.runtime import get_device
+    from shared.runtime import get_device, set_threads
 
+    set_threads(cfg.threads)
     device = get_device(cfg.device)
     state = load_checkpoint(path, required=("model", "config"))
     try:

@@ -15,6 +15,8 @@ from PIL import Image, UnidentifiedImageError
 from shared.data import IMAGE_DATASETS, load_images
 from shared.errors import DataError
 
+# Training + test images of each named set, known before reading it (for the memory estimate).
+N_IMAGES = {"digits": 1797, "mnist": 70_000, "fashion-mnist": 70_000}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -33,12 +35,17 @@ def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:
     return array[None] if channels == 1 else array.transpose(2, 0, 1)  # (C, H, W)
 
 
+def image_paths(folder: Path) -> list[Path]:
+    """Every image file under `folder`, sorted."""
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def load_image_folder(folder: str | Path, size: int, seed: int = 0, test_fraction: float = 0.1):
     """(x_train, y_train, x_test, y_test, class names) from a folder of images, RGB."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_paths(folder)
     if len(paths) < 2:
         raise DataError(f"image folder {folder} holds {len(paths)} images; need at least 2")
     class_of = [p.parent.relative_to(folder).parts[:1] for p in paths]
@@ -60,3 +67,8 @@ def load_dataset(name: str, image_dir: str, size: int, data_dir: str, seed: int)
     x_train, y_train = load_images(name, "train", data_dir=data_dir, size=size, seed=seed)
     x_test, y_test = load_images(name, "test", data_dir=data_dir, size=size, seed=seed)
     return x_train, y_train, x_test, y_test, list(IMAGE_DATASETS[name].classes)
+
+
+def count_images(name: str, image_dir: str) -> int:
+    """How many images load_dataset will return, without reading them."""
+    return len(image_paths(Path(image_dir))) if image_dir else N_IMAGES[name]

@@ -5,7 +5,7 @@ or draw images of one class from a conditional VAE. Each writes one PNG.
     python inference.py --sample 64
     python inference.py --reconstruct my_digit.png --invert
     python inference.py --interpolate a.png b.png
-    python inference.py --class 3                 # uses runs/latest/cvae.pt
+    python inference.py --class 3                    # the conditional VAE of the same run
 """
 
 from __future__ import annotations
@@ -18,26 +18,27 @@ import torch
 from data import read_image
 from model import VAE, VAEConfig
 
-from shared.checkpoint import load_checkpoint, load_model_state
+from shared.checkpoint import load_model_state
 from shared.cli import arg, cli_main
 from shared.errors import CheckpointError, UserError
 from shared.logging import default_checkpoint
 from shared.plots import images_to_grid, save_image
-from shared.runtime import get_device, seed_everything
+from shared.runtime import get_device, seed_everything, set_threads
+from shared.state import read_state
 
 PROJECT = Path(__file__).parent
 
 
 @dataclass
 class InferenceConfig:
-    checkpoint: str = arg(
-        "", "checkpoint (default: runs/latest/model.pt; with --class, runs/latest/cvae.pt)"
-    )
+    checkpoint: str = arg("", "checkpoint written by train.py (default: runs/latest/model.pt)")
     sample: int = arg(16, "draw N images from the prior (the mode when no other is given)", min=1)
     reconstruct: str = arg("", "an image file to encode and decode")
     interpolate: tuple[str, ...] = arg((), "two image files: decode the line between their codes")
     class_: int = arg(
-        -1, "draw --sample N images of this class from a conditional VAE (default: -1, off)", min=-1
+        -1,
+        "draw --sample N images of this class from the run's conditional VAE (default: -1, off)",
+        min=-1,
     )
     invert: bool = arg(
         False, "read images as 1 - pixel, for dark ink on light paper (default: off)"
@@ -46,6 +47,9 @@ class InferenceConfig:
     out: str = arg("", "output PNG (default: inference_<mode>.png beside the checkpoint)")
     seed: int = arg(0, "random seed", min=0)
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
+    threads: int = arg(
+        1, "torch CPU threads; one is fastest for these small models (0: all)", min=0
+    )
 
     def check(self):
         modes = [bool(self.reconstruct), bool(self.interpolate), self.class_ >= 0]
@@ -55,15 +59,25 @@ class InferenceConfig:
             raise UserError(f"--interpolate takes two image files, got {len(self.interpolate)}")
 
 
-def load_vae(path: Path, device):
-    """The model and the data description stored beside its weights."""
-    ckpt = load_checkpoint(path, required=("model", "config", "data"), map_location=device)
+def load_vae(path: Path, device, conditional: bool):
+    """A model of the run and the data description stored beside the weights: the main model,
+    or with `conditional` the conditional one (the main model if it is one, else `cvae`)."""
+    ckpt = read_state(path, required=("model", "configs", "data"))
+    configs = ckpt["configs"]
+    name = "model"
+    if conditional and not configs["model"]["n_classes"]:
+        if "cvae" not in configs:
+            raise UserError(
+                f"{path} holds no conditional VAE; --class needs one "
+                "(train.py trains one unless --no-companions, or use train.py --conditional)"
+            )
+        name = "cvae"
     try:
-        cfg = VAEConfig(**ckpt["config"])
+        cfg = VAEConfig(**configs[name])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} has an unusable config ({err})") from None
     model = VAE(cfg).to(device)
-    load_model_state(model, ckpt["model"], path)
+    load_model_state(model, ckpt[name], path)
     return model.eval(), ckpt["data"]
 
 
@@ -80,11 +94,11 @@ def save_grid(path: Path, images, nrow: int, size: int) -> None:
 
 @torch.no_grad()
 def main(cfg: InferenceConfig) -> None:
+    set_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = get_device(cfg.device)
-    default = "cvae.pt" if cfg.class_ >= 0 else "model.pt"
-    path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(PROJECT, default)
-    model, data = load_vae(path, device)
+    path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(PROJECT, "model.pt")
+    model, data = load_vae(path, device, conditional=cfg.class_ >= 0)
     size = model.cfg.image_size
 
     def output(mode: str) -> Path:
@@ -110,12 +124,7 @@ def main(cfg: InferenceConfig) -> None:
     else:
         n = cfg.sample
         y = None
-        if cfg.class_ >= 0 or model.cfg.n_classes:
-            if not model.cfg.n_classes:
-                raise UserError(
-                    f"{path} is not a conditional VAE; --class needs one "
-                    "(train.py writes cvae.pt beside model.pt, or use train.py --conditional)"
-                )
+        if model.cfg.n_classes:
             names = data["class_names"]
             if cfg.class_ >= model.cfg.n_classes:
                 raise UserError(

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.checkpoint import load_checkpoint
 from shared.logging import read_log
+from shared.state import read_state
 from shared.testing import run_script
 
 PROJECT = Path(__file__).parents[1]
@@ -35,6 +35,15 @@ def test_dry_run_writes_checkpoint_metrics_and_figures(trained):
     assert metrics["metric"] == "map50" and 0 <= metrics["value"] <= 1
     for key in ("task", "higher_is_better", "wall_time_s", "coco_map", "images_per_s"):
         assert key in metrics
+    state = read_state(trained / "model.pt")
+    assert state["step"] == 6 and state["classes"] == [str(d) for d in range(10)]
+    records = read_log(trained)
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]  # every step
+    assert [(r["epoch"], r["step"]) for r in records if "val_map50" in r] == [
+        (1, 2),
+        (2, 4),
+        (3, 6),
+    ]
 
 
 @pytest.mark.parametrize("detector", ["sliding", "yolo"])
@@ -61,13 +70,42 @@ def test_inference_draws_boxes_on_a_generated_scene_and_on_an_image(trained, tmp
     assert (tmp_path / "boxes.png").exists() and "boxes drawn" in result.stdout
 
 
-def test_resume_continues_from_the_saved_epoch(trained):
-    logged = read_log(trained)
-    run_script(PROJECT, "train.py", "--dry-run", "--out", trained, "--resume")
-    assert read_log(trained) == logged  # the one epoch was done: no step is trained again
-    state = load_checkpoint(trained / "model.pt")
-    assert state["epoch"] == 0 and len(state["history"]["step"]) == 2  # 16 scenes, batches of 8
-    assert json.loads((trained / "metrics.json").read_text())["metric"] == "map50"
+def test_resuming_with_another_model_is_a_one_line_error_that_writes_nothing(trained):
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    flags = ("--dry-run", "--out", trained, "--resume", "--roi-op", "pool")
+    result = run_script(PROJECT, "train.py", *flags, expect_code=2)
+    assert result.stderr == (
+        f"error: checkpoint {trained / 'model.pt'} was trained with --roi-op align, not pool; "
+        "resume with the flags it was trained with\n"
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+
+
+@pytest.mark.parametrize("flag, value", [("--width", "100000"), ("--canvas", "40000")])
+def test_a_size_too_large_for_memory_is_a_one_line_error_naming_the_flag(tmp_path, flag, value):
+    result = run_script(PROJECT, "train.py", flag, value, "--out", tmp_path / "run", expect_code=2)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert f"{flag} {value}" in result.stderr and "GB, more than the" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_inference_threads_change_the_speed_not_the_detections(trained):
+    printed = []
+    for threads in ("1", "2"):
+        flags = ("--checkpoint", trained / "model.pt", "--score-threshold", "0")
+        printed.append(run_script(PROJECT, "inference.py", *flags, "--threads", threads).stdout)
+    assert printed[0] == printed[1] and printed[0].count("\n") >= 2
+
+
+def test_the_presets_build_mnist_scenes_for_both_detectors():
+    from train import TrainConfig
+
+    from shared.cli import parse_config
+
+    two_stage = parse_config(TrainConfig, ["--preset", "mnist"])
+    yolo = parse_config(TrainConfig, ["--preset", "mnist-yolo", "--epochs", "3"])
+    assert (two_stage.dataset, two_stage.detector, yolo.detector) == ("mnist", "two-stage", "yolo")
+    assert yolo.epochs == 3 and yolo.train_scenes == two_stage.train_scenes == 4000
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from data import make_scenes
-from model import DETECTORS, DetectorConfig, build_detector, sample_labels, smooth_l1
+from model import (
+    DETECTORS,
+    DetectorConfig,
+    build_detector,
+    label_anchors,
+    sample_labels,
+    smooth_l1,
+)
 
 
 def batch(n=8, seed=0):
@@ -73,3 +80,48 @@ def test_smooth_l1_matches_torch(beta):
     x[0] = torch.tensor([beta, -beta, 0.0, beta / 2], dtype=torch.float64)  # at the seams
     expected = F.smooth_l1_loss(x, torch.zeros_like(x), reduction="sum", beta=beta)
     torch.testing.assert_close(smooth_l1(x, beta), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_yolo_encodes_a_hand_worked_box_and_decodes_it_back():
+    model = build_detector(DetectorConfig(detector="yolo", width=4))  # 64 px, an 8 x 8 grid
+    box = torch.tensor([[8.0, 8.0, 24.0, 40.0]])  # centre (16, 24): cell column 2, row 3
+    has_object, goal, cls, boxes_px = model.encode_targets(
+        [{"boxes": box, "labels": torch.tensor([7])}]
+    )
+    assert torch.nonzero(has_object[0]).tolist() == [[3, 2]]
+    # offsets (0, 0) in the cell; sqrt(16 / 64) = 0.5, sqrt(32 / 64) = 1 / sqrt(2)
+    torch.testing.assert_close(goal[0, 3, 2], torch.tensor([0.0, 0.0, 0.5, 0.5**0.5]))
+    assert cls[0, 3, 2] == 7 and torch.equal(boxes_px[0, 3, 2], box[0])
+    torch.testing.assert_close(model.to_boxes(goal)[0, 3, 2], box[0])
+
+
+def test_yolo_target_encoding_and_box_decoding_invert_each_other_on_random_boxes():
+    model = build_detector(DetectorConfig(detector="yolo", width=4, image_size=96))
+    g = torch.Generator().manual_seed(0)
+    corner = torch.rand(5, 2, generator=g, dtype=torch.float64) * 60
+    boxes = torch.cat([corner, corner + 4 + torch.rand(5, 2, generator=g) * 30], 1)
+    has_object, goal, _, truth = model.encode_targets(
+        [{"boxes": b[None], "labels": torch.tensor([0])} for b in boxes]
+    )
+    decoded = model.to_boxes(goal.double())[has_object]
+    torch.testing.assert_close(decoded, truth[has_object].double(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(truth[has_object].double(), boxes, rtol=0, atol=1e-5)
+
+
+def test_rpn_anchor_labelling_on_a_hand_worked_case():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 54.0, 70.0]])
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # IoU 1 with box 0: positive
+            [0.0, 0.0, 10.0, 5.0],  # IoU 0.5: between 0.3 and 0.6, ignored
+            [0.0, 0.0, 10.0, 2.0],  # IoU 0.2: background
+            [30.0, 30.0, 40.0, 40.0],  # touches nothing: background
+            [50.0, 50.0, 60.0, 70.0],  # IoU 0.4 with box 1, but its best anchor: positive
+            [50.0, 50.0, 70.0, 70.0],  # IoU 0.2 with box 1: background
+        ]
+    )
+    labels, matched = label_anchors(anchors, boxes)
+    assert labels.tolist() == [1, -1, 0, 0, 1, 0]
+    assert matched[[0, 1, 4]].tolist() == [0, 0, 1]
+    labels, _ = label_anchors(anchors, torch.zeros(0, 4))
+    assert labels.tolist() == [0] * 6  # a scene without digits: every anchor is background

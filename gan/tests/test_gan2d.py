@@ -1,5 +1,6 @@
 """The NumPy GAN: every backward pass against finite differences, the whole adversarial
-gradient (through D into G) against torch autograd, Adam against torch.optim.Adam."""
+gradient (through D into G) and the discriminator's loss against torch autograd, Adam against
+torch.optim.Adam, the state a checkpoint keeps."""
 
 import numpy as np
 import pytest
@@ -16,20 +17,7 @@ from gan2d import (
 )
 
 from shared.data import ring8_modes
-
-
-def numerical_gradient(f, x, h=1e-6):
-    """Central differences of the scalar f() with respect to every entry of x (in place)."""
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        old = x[index]
-        x[index] = old + h
-        plus = f()
-        x[index] = old - h
-        minus = f()
-        x[index] = old
-        grad[index] = (plus - minus) / (2 * h)
-    return grad
+from shared.testing import numerical_gradient, relative_error
 
 
 @pytest.mark.parametrize("layer_name", ["dense", "leaky_relu"])
@@ -44,12 +32,12 @@ def test_layer_backward_matches_finite_differences(layer_name):
 
     loss()
     dx = layer.backward(upstream)
-    assert np.allclose(dx, numerical_gradient(loss, x), atol=1e-7)
+    assert relative_error(dx, numerical_gradient(loss, x)) < 1e-8
     for param, grad in zip(layer.params(), layer.grads(), strict=True):
         layer.forward(x)
         layer.backward(upstream)
         analytic = grad.copy()
-        assert np.allclose(analytic, numerical_gradient(loss, param), atol=1e-7)
+        assert relative_error(analytic, numerical_gradient(loss, param)) < 1e-8
 
 
 def test_losses_match_binary_cross_entropy_formula():
@@ -105,18 +93,21 @@ def test_generator_gradients_through_discriminator_match_torch_autograd(pack):
         assert np.allclose(ours, theirs, atol=1e-12)
 
 
-def test_discriminator_gradients_match_torch_autograd():
+@pytest.mark.parametrize("n_real, n_fake", [(8, 8), (12, 4), (4, 10)])
+def test_discriminator_loss_and_gradients_match_torch_bce_for_any_batch_sizes(n_real, n_fake):
+    """L_D = BCE(D(x), 1) + BCE(D(G(z)), 0), each averaged over its own batch."""
     rng = np.random.default_rng(2)
     model = GAN2D(GAN2DConfig(z_dim=3, hidden=6, pack=2), rng)
-    x_real, z = rng.standard_normal((8, 2)), rng.standard_normal((8, 3))
+    x_real, z = rng.standard_normal((n_real, 2)), rng.standard_normal((n_fake, 3))
     loss = model.discriminator_grads(x_real, z)
     G, D = torch_twin(model)
     with torch.no_grad():
         fake = G(torch.tensor(z))
-    F = torch.nn.functional
-    real_logits = D(torch.tensor(x_real).reshape(4, 4))
-    fake_logits = D(fake.reshape(4, 4))
-    torch_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    bce = torch.nn.BCEWithLogitsLoss()
+    real_logits = D(torch.tensor(x_real).reshape(n_real // 2, 4))
+    fake_logits = D(fake.reshape(n_fake // 2, 4))
+    torch_loss = bce(real_logits, torch.ones_like(real_logits))
+    torch_loss = torch_loss + bce(fake_logits, torch.zeros_like(fake_logits))
     torch_loss.backward()
     assert np.isclose(loss, torch_loss.item(), atol=1e-12)
     for ours, theirs in zip(model.D.grads(), torch_grads(D), strict=True):
@@ -134,7 +125,7 @@ def test_generator_step_gradient_matches_finite_differences():
     model.generator_grads(z)
     analytic = [g.copy() for g in model.G.grads()]
     for param, grad in zip(model.G.params(), analytic, strict=True):
-        assert np.allclose(grad, numerical_gradient(loss, param), atol=1e-7)
+        assert relative_error(grad, numerical_gradient(loss, param)) < 1e-6
 
 
 def test_discriminator_step_gradient_matches_finite_differences():
@@ -148,7 +139,7 @@ def test_discriminator_step_gradient_matches_finite_differences():
     model.discriminator_grads(x_real, z)
     analytic = [g.copy() for g in model.D.grads()]
     for param, grad in zip(model.D.params(), analytic, strict=True):
-        assert np.allclose(grad, numerical_gradient(loss, param), atol=1e-7)
+        assert relative_error(grad, numerical_gradient(loss, param)) < 1e-6
 
 
 def test_adam_matches_torch_adam():
@@ -178,3 +169,27 @@ def test_mode_coverage_counts_a_hand_made_sample():
     assert report["modes_covered"] == 1
     assert np.isclose(report["high_quality_share"], 35 / 45)
     assert report["mode_counts"][:3] == [30, 0, 5]
+
+
+def test_a_batch_that_does_not_fill_its_packs_is_refused():
+    model = GAN2D(GAN2DConfig(z_dim=2, hidden=4, pack=2), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="groups of 2"):
+        model.discriminator_grads(np.zeros((5, 2)), np.zeros((4, 2)))
+
+
+def test_state_dict_round_trip_restores_samples_and_adam():
+    rng = np.random.default_rng(6)
+    model = GAN2D(GAN2DConfig(z_dim=2, hidden=4), rng)
+    opt = Adam(model.G.params(), model.G.grads(), lr=0.1)
+    model.generator_grads(rng.standard_normal((4, 2)))
+    opt.step()
+    twin = GAN2D(GAN2DConfig(z_dim=2, hidden=4), np.random.default_rng(7))
+    twin_opt = Adam(twin.G.params(), twin.G.grads(), lr=0.1)
+    twin.load_state_dict(model.state_dict())
+    twin_opt.load_state_dict(opt.state_dict())
+    z = rng.standard_normal((3, 2))
+    assert np.array_equal(twin.sample(z), model.sample(z))
+    assert twin_opt.t == 1
+    assert all(np.array_equal(a, b) for a, b in zip(twin_opt.m + twin_opt.v, opt.m + opt.v))
+    with pytest.raises(ValueError, match="G.0"):
+        GAN2D(GAN2DConfig(z_dim=2, hidden=5), rng).load_state_dict(model.state_dict())

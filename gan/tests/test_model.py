@@ -1,5 +1,6 @@
-"""The image GANs: each loss against its formula, the gradient penalty against autograd by hand,
-our spectral norm against SVD and torch's parametrization, shapes, finite steps, checkpoints."""
+"""The image GANs: each loss against its formula and hand-worked values, the gradient penalty
+against autograd by hand, our spectral norm against SVD and torch's parametrization, shapes,
+a step of each player lowering its own loss, checkpoints."""
 
 import math
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from model import (
     LOSSES,
+    MODEL_LOSS,
     MODELS,
     GANConfig,
     ImageGAN,
@@ -69,9 +71,16 @@ def test_gradient_penalty_equals_one_computed_with_autograd_by_hand():
     penalty = 0.0
     for i in range(5):  # one sample at a time: grad of D(x_hat_i) with respect to x_hat_i
         x_hat = (epsilon[i] * real[i : i + 1] + (1 - epsilon[i]) * fake[i : i + 1]).requires_grad_()
-        (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat)
+        (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
         penalty += (grad.norm() - 1) ** 2 / 5
     assert torch.allclose(ours, penalty, atol=1e-12)
+    # The penalty trains the critic: its gradient in the critic's weights (a gradient of a
+    # gradient) must match too, not only its value.
+    params = list(critic.parameters())[:-1]  # the last bias does not enter grad_x D
+    ours_grads = torch.autograd.grad(ours, params)
+    by_hand_grads = torch.autograd.grad(penalty, params)
+    for a, b in zip(ours_grads, by_hand_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
 
 
 def test_gradient_penalty_of_a_linear_critic_is_closed_form():
@@ -149,26 +158,57 @@ def test_apply_spectral_norm_wraps_any_discriminator():
     assert isinstance(net[0], SpectralNorm) and isinstance(net[2], SpectralNorm)
 
 
+@pytest.mark.parametrize(
+    "kind, real, fake, expected_D, expected_G",
+    [  # worked by hand: D's outputs on one real and one generated image
+        ("non-saturating", 0.0, 0.0, 2 * math.log(2), math.log(2)),  # D = 1/2 on both
+        ("non-saturating", math.log(3), -math.log(3), 2 * math.log(4 / 3), math.log(4)),
+        ("least-squares", 1.0, 0.0, 0.0, 0.5),  # D already right: only G pays
+        ("least-squares", 0.0, 1.0, 1.0, 0.0),
+        ("wasserstein", 3.0, 1.0, -2.0, -1.0),  # L_D = -(critic's W_1 estimate 3 - 1)
+        ("hinge", 0.5, -2.0, 0.5, 2.0),  # fake beyond the margin: no loss from it
+        ("hinge", 2.0, 0.0, 1.0, 0.0),
+    ],
+)
+def test_losses_on_hand_worked_outputs(kind, real, fake, expected_D, expected_G):
+    r, f = torch.tensor([[real]]), torch.tensor([[fake]])
+    assert math.isclose(discriminator_loss(kind, r, f).item(), expected_D, abs_tol=1e-6)
+    assert math.isclose(generator_loss(kind, f).item(), expected_G, abs_tol=1e-6)
+
+
+def loss_after_a_step(player, loss_fn, lr=1e-4):
+    """The loss before and after one small Adam step on that loss alone (same inputs)."""
+    optimizer = torch.optim.Adam(player.parameters(), lr=lr)
+    before = loss_fn()
+    optimizer.zero_grad()
+    before.backward()
+    optimizer.step()
+    return before.item(), loss_fn().item()  # with autograd on: the penalty differentiates D
+
+
 @pytest.mark.parametrize("model", MODELS)
-def test_a_few_training_steps_stay_finite(model):
+def test_each_players_step_lowers_its_own_loss(model):
+    """Each loss is one its player can descend: the gradient reaches the player's parameters
+    (through D into G for the generator) and points uphill, so a small step lowers it."""
     torch.manual_seed(0)
-    config = small_config(model=model, loss="hinge" if model == "gan" else "wasserstein")
-    gan = ImageGAN(config)
+    config = small_config(model=model, loss=MODEL_LOSS[model])
+    gan = ImageGAN(config).double()
     G, D = gan.generator, gan.discriminator
-    opt_G, opt_D = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (G, D))
-    real = torch.rand(8, 1, 8, 8) * 2 - 1
-    for _ in range(3):
-        fake = G(torch.randn(8, 4)).detach()
-        loss_D = discriminator_loss(config.loss, D(real), D(fake))
-        loss_D = loss_D + 10 * gradient_penalty(D, real, fake)
-        opt_D.zero_grad()
-        loss_D.backward()
-        opt_D.step()
-        loss_G = generator_loss(config.loss, D(G(torch.randn(8, 4))))
-        opt_G.zero_grad()
-        loss_G.backward()
-        opt_G.step()
-        assert torch.isfinite(loss_D) and torch.isfinite(loss_G)
+    real = torch.rand(8, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    z = torch.randn(8, 4, dtype=torch.float64)
+    eps = torch.rand(8, 1, 1, 1, dtype=torch.float64)
+    fake = G(z).detach()
+
+    def loss_D():
+        loss = discriminator_loss(config.loss, D(real), D(fake))
+        if model == "wgan-gp":
+            loss = loss + 10 * gradient_penalty(D, real, fake, epsilon=eps)
+        return loss
+
+    before, after = loss_after_a_step(D, loss_D)
+    assert after < before - 1e-6
+    before, after = loss_after_a_step(G, lambda: generator_loss(config.loss, D(G(z))))
+    assert after < before - 1e-6
 
 
 def test_checkpoint_round_trip_restores_the_same_samples(tmp_path):

@@ -33,10 +33,38 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # project: (flags, log key, checkpoint file, first checkpoint, second checkpoint)
 CASES: dict[str, tuple[tuple[str, ...], str, str, int, int]] = {
+    # image GANs: a conditional WGAN-GP (labels, latents, penalty mixes all from torch's
+    # generator); 4 epochs of 2 steps, every step logged, checkpoints at steps 4 and 8
+    "gan": (
+        ("--dry-run", "--model", "wgan-gp", "--conditional", "--threads", "1"),
+        "step",
+        "model.pt",
+        4,
+        8,
+    ),
     # autoencoder steps 1-2, diffusion steps 3-6; checkpoints at 2 (with the latent scale), 4, 6
     "stable_diffusion": (("--dry-run", "--threads", "1"), "step", "model.pt", 2, 4),
+    # NumPy CNN, 2 epochs of 6 steps; checkpoints every 2 steps: resumed mid-epoch at step 4
+    "cnn": (("--dry-run", "--batch-size", "16", "--threads", "1"), "step", "model.npz", 4, 6),
     # text windows with the hidden state carried; every step logged, checkpoints at 3 and 6
     "rnn": (("--dry-run", "--threads", "1"), "step", "model.npz", 3, 6),
+    # DDPM dry run, 4 steps, every step logged; checkpoints at 2 and 4 (model, EMA, noise)
+    "diffusion": (("--dry-run", "--threads", "1"), "step", "model.pt", 2, 4),
+    # three VAEs side by side, 4 epochs on a slice of the digits, each logged; checkpoints at 2, 4
+    "vae": (("--dry-run", "--threads", "1"), "epoch", "model.pt", 2, 4),
+    # 3 epochs of 2 steps, every step logged, the validation mAP per epoch; checkpoints at 2, 4, 6
+    "detection": (("--dry-run", "--threads", "1"), "step", "model.pt", 2, 4),
+    # 4 steps, every step logged; checkpoints at 2 and 4; dropout so torch's generator matters
+    "gpt2": (("--dry-run", "--dropout", "0.1", "--threads", "1"), "step", "model.pt", 2, 4),
+    # 4 steps, every step logged; checkpoints at 2, 4; dropout (torch's generator) and the
+    # running mean of the weights over the last 3 steps, begun before the first checkpoint
+    "transformer": (
+        ("--dry-run", "--dropout", "0.1", "--average-last", "3", "--threads", "1"),
+        "step",
+        "model.pt",
+        2,
+        4,
+    ),  # fmt: skip
 }
 
 TIMING = ("time", "per_s", "wall", "elapsed", "seconds")

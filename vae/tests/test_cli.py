@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.state import read_state
 from shared.testing import run_script
 
 PROJECT = Path(__file__).parents[1]
@@ -28,6 +29,14 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def unconditional(tmp_path_factory):
+    """A run of one unconditional VAE, without the companions."""
+    out = tmp_path_factory.mktemp("plain")
+    run_script(PROJECT, "train.py", "--dry-run", "--no-companions", "--out", out)
+    return out
+
+
+@pytest.fixture(scope="module")
 def digit_png(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "digit.png"
     image = np.zeros((20, 20), np.uint8)
@@ -36,12 +45,21 @@ def digit_png(tmp_path_factory):
     return path
 
 
-def test_dry_run_writes_checkpoints_metrics_and_every_figure(trained):
-    for name in ("model.pt", "model_2d.pt", "cvae.pt", "config.json", "log.jsonl", *FIGURES):
+def test_dry_run_writes_one_checkpoint_of_all_three_models_metrics_and_every_figure(trained):
+    for name in ("model.pt", "config.json", "log.jsonl", *FIGURES):
         assert (trained / name).exists(), name
+    ckpt = read_state(trained / "model.pt")
+    assert ckpt["step"] == 4 and set(ckpt["configs"]) == {"model", "model_2d", "cvae"}
+    assert ckpt["configs"]["model_2d"]["latent_dim"] == 2 and ckpt["configs"]["cvae"]["n_classes"]
+    for name in ("model", "model_2d", "cvae", "model_optimizer", "cvae_optimizer", "data_order"):
+        assert name in ckpt, name
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["metric"] == "iwae_nll" and metrics["higher_is_better"] is False
-    assert metrics["value"] <= metrics["elbo_nll"]
+    # the dry run's k = 6 draws also give IWAE_1 and IWAE_3: the bound tightens with k
+    assert metrics["iwae_nll_k1"] >= metrics["iwae_nll_k3"] >= metrics["value"]
+    records = [json.loads(line) for line in (trained / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert ["model_test_nelbo" in r for r in records] == [False, True, False, True]
 
 
 def test_inference_draws_samples_from_the_default_mode(trained):
@@ -85,7 +103,7 @@ def test_inference_draws_one_class_from_the_conditional_vae(trained, tmp_path):
         PROJECT,
         "inference.py",
         "--checkpoint",
-        trained / "cvae.pt",
+        trained / "model.pt",
         "--class",
         "7",
         "--out",
@@ -117,27 +135,85 @@ def test_a_conv_continuous_bernoulli_vae_trains_on_a_folder_of_rgb_images(tmp_pa
         "--out",
         out,
     )
-    ckpt = torch.load(out / "cvae.pt", weights_only=True)
-    assert ckpt["config"]["image_channels"] == 3 and ckpt["config"]["n_classes"] == 2
+    ckpt = read_state(out / "model.pt")
+    config = ckpt["configs"]["cvae"]
+    assert config["image_channels"] == 3 and config["n_classes"] == 2 and config["arch"] == "conv"
     assert ckpt["data"]["class_names"] == ["cats", "dogs"]
     assert (out / "class_samples.png").exists()
 
 
+def _tensors(value, prefix=""):
+    """(name, tensor) for every tensor of a nested checkpoint, its training config aside."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key != "train_config":
+                yield from _tensors(item, f"{prefix}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}/{i}")
+    elif torch.is_tensor(value):
+        yield prefix, value
+
+
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
-    tiny = ["--hidden", "8", "--latent-dim", "2", "--iwae-samples", "2", "--no-companions"]
+    tiny = ["--hidden", "8", "--latent-dim", "2", "--iwae-samples", "2", "--eval-every", "1"]
     run_script(PROJECT, "train.py", *tiny, "--epochs", "3", "--out", tmp_path / "straight")
     run_script(PROJECT, "train.py", *tiny, "--epochs", "2", "--out", tmp_path / "resumed")
     run_script(
         PROJECT, "train.py", *tiny, "--epochs", "3", "--resume", "--out", tmp_path / "resumed"
     )
-    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
-    assert resumed["epoch"] == 3 and resumed["history"]["epoch"] == [2, 3]  # evaluated at each end
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
-    other_beta = ("--beta", "4", "--epochs", "4", "--resume", "--out", tmp_path / "resumed")
-    result = run_script(PROJECT, "train.py", *tiny, *other_beta, expect_code=2)
-    assert "other settings (beta)" in result.stderr and result.stderr.count("\n") == 1
+    straight = read_state(tmp_path / "straight" / "model.pt")
+    resumed = read_state(tmp_path / "resumed" / "model.pt")
+    assert resumed["step"] == 3
+    ours, theirs = dict(_tensors(resumed)), dict(_tensors(straight))
+    assert ours.keys() == theirs.keys()
+    for name, value in theirs.items():  # epoch 3 differs if any part or generator was lost
+        assert torch.equal(ours[name], value), name
+
+
+def test_resuming_with_another_objective_is_a_one_line_error_that_writes_nothing(tmp_path):
+    tiny = ["--hidden", "8", "--epochs", "1", "--no-companions", "--out", tmp_path]
+    run_script(PROJECT, "train.py", *tiny)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    result = run_script(PROJECT, "train.py", *tiny, "--beta", "4", "--resume", expect_code=2)
+    assert result.stderr == (
+        f"error: checkpoint {tmp_path / 'model.pt'} was trained with --beta 1.0, not 4.0; "
+        "resume with the flags it was trained with\n"
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (("--hidden", "1000000"), "--hidden 1000000"),
+        (("--image-size", "40000"), "--image-size 40000"),
+    ],
+)
+def test_a_size_too_large_for_memory_is_a_one_line_error_naming_the_flag(tmp_path, flags, named):
+    result = run_script(PROJECT, "train.py", *flags, "--out", tmp_path / "run", expect_code=2)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert named in result.stderr and "GB, more than the" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_iwae_trend_that_does_not_divide_k_is_refused():
+    result = run_script(
+        PROJECT, "train.py", "--iwae-samples", "10", "--iwae-trend", "3", expect_code=2
+    )
+    assert result.stderr == (
+        "error: --iwae-trend 3 does not divide --iwae-samples 10 (see --help)\n"
+    )
+
+
+def test_the_mnist_preset_reports_the_k_trend_from_5000_draws():
+    from train import TrainConfig
+
+    from shared.cli import parse_config
+
+    cfg = parse_config(TrainConfig, ["--preset", "mnist"])
+    assert (cfg.dataset, cfg.iwae_samples, cfg.iwae_trend) == ("mnist", 5000, (1, 5, 50))
+    assert parse_config(TrainConfig, ["--preset", "mnist", "--epochs", "2"]).epochs == 2
 
 
 def test_a_missing_checkpoint_is_a_one_line_error(tmp_path):
@@ -166,17 +242,26 @@ def test_a_file_that_is_not_an_image_is_a_one_line_error(trained, tmp_path):
     )
 
 
-def test_asking_an_unconditional_vae_for_a_class_is_a_one_line_error(trained):
+def test_asking_a_run_without_a_conditional_vae_for_a_class_is_a_one_line_error(unconditional):
     result = run_script(
         PROJECT,
         "inference.py",
         "--checkpoint",
-        trained / "model.pt",
+        unconditional / "model.pt",
         "--class",
         "1",
         expect_code=2,
     )
-    assert "not a conditional VAE" in result.stderr
+    assert "holds no conditional VAE" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_inference_threads_change_the_speed_not_the_samples(trained, tmp_path):
+    ckpt = trained / "model.pt"
+    for threads in ("1", "2"):
+        out = tmp_path / f"samples_{threads}.png"
+        flags = ("--checkpoint", ckpt, "--threads", threads, "--out", out)
+        run_script(PROJECT, "inference.py", *flags)
+    assert (tmp_path / "samples_1.png").read_bytes() == (tmp_path / "samples_2.png").read_bytes()
 
 
 def test_zero_samples_is_refused_and_help_states_each_default_once(trained):

@@ -14,6 +14,7 @@ from model import (
     continuous_bernoulli_mean,
     gaussian_kl,
     gaussian_log_prob,
+    iwae_bound,
     reparameterize,
 )
 
@@ -242,3 +243,11 @@ def test_checkpoint_round_trip_rebuilds_the_same_model(tmp_path, trained_digits_
     assert torch.equal(mu_a, mu_b) and torch.equal(log_var_a, log_var_b)
     z = torch.randn(3, 4)
     assert np.array_equal(model.decode(z).detach().numpy(), rebuilt.decode(z).detach().numpy())
+
+
+def test_iwae_bound_averages_disjoint_groups_of_k_draws_a_hand_worked_case():
+    # Weights w = 1, 3, 2, 6 for one image: IWAE_4 = log mean(w) = log 3; IWAE_2 averages the
+    # groups (1, 3) and (2, 6): (log 2 + log 4) / 2 = 1.5 log 2; IWAE_1 = mean log w = log 36 / 4.
+    log_w = torch.log(torch.tensor([[1.0], [3.0], [2.0], [6.0]], dtype=torch.float64))
+    for k, expected in ((4, math.log(3)), (2, 1.5 * math.log(2)), (1, math.log(36) / 4)):
+        assert abs(iwae_bound(log_w, k).item() - expected) < 1e-12, k
