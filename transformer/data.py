@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -240,7 +241,13 @@ def eng_fra_file(data_dir: str) -> Path:
     folder = resolve_data_dir(data_dir) / "eng-fra"
     target = folder / "eng-fra.txt"
     if not target.exists():
-        archive = download(ENG_FRA_URL, folder / "data.zip", what="the eng-fra sentence pairs")
+        try:
+            archive = download(ENG_FRA_URL, folder / "data.zip", what="the eng-fra pairs")
+        except DataError:
+            raise DataError(
+                f"no {target} and no network: place there the English<TAB>French pairs "
+                "(Tatoeba's eng-fra.txt or manythings.org's fra.txt, one pair a line)"
+            ) from None
         try:
             with zipfile.ZipFile(archive) as zf:
                 target.write_bytes(zf.read("data/eng-fra.txt"))
@@ -381,7 +388,7 @@ class WordVocab(CharVocab):
                 break
             if i >= self.first_id:
                 out.append(self.itos[i])
-        return " ".join(out)
+        return re.sub(r" ([.,])(?= |$)", r"\1", " ".join(out))  # "loin ." -> "loin."
 
 
 VOCABULARIES = {"chars": CharVocab, "words": WordVocab}

@@ -96,10 +96,16 @@ def character_error_rate(hypotheses: list[str], references: list) -> float:
     return edits / max(1, length)
 
 
+def same_words(hypothesis: str, references: list[str]) -> bool:
+    """Whether the hypothesis has the words of one of the references (spacing aside)."""
+    words = tokenize_13a(hypothesis)
+    return any(words == tokenize_13a(ref) for ref in references)
+
+
 def translation_scores(hypotheses: list[str], references: list) -> dict:
-    """exact_match (equal to one of the references), cer and bleu of a corpus."""
+    """exact_match (the words of one of the references), cer and bleu of a corpus."""
     refs = [[r] if isinstance(r, str) else r for r in references]
-    exact = sum(h in r for h, r in zip(hypotheses, refs, strict=True))
+    exact = sum(same_words(h, r) for h, r in zip(hypotheses, refs, strict=True))
     return {
         "exact_match": exact / max(1, len(refs)),
         "cer": character_error_rate(hypotheses, refs),

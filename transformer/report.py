@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from metrics import same_words
 from model import TransformerClassifier
 
 from shared.checkpoint import atomic_write_text
@@ -81,7 +82,7 @@ def format_translations(test, hypotheses: list[str]) -> list[str]:
     """'english\\n  -> ours' per sentence, with the references beside every wrong one."""
     lines = []
     for (en, refs), hyp in zip(test, hypotheses, strict=True):
-        expected = "" if hyp in refs else f"   (expected: {' | '.join(refs)})"
+        expected = "" if same_words(hyp, refs) else f"   (expected: {' | '.join(refs)})"
         lines.append(f"{en}\n  -> {hyp}{expected}")
     return lines
 

@@ -82,22 +82,24 @@ TASKS = {
 class TrainConfig(RunConfig):
     PRESETS = {
         "tatoeba": Preset(
-            "English -> French on Tatoeba's eng-fra pairs of at most 60 characters",
+            "English -> French words on Tatoeba's eng-fra pairs of at most 60 characters",
             dict(
                 dataset="eng-fra",
+                tokens="words",
+                min_count=3,
                 max_chars=60,
                 d_model=256,
                 n_head=8,
                 d_ff=1024,
-                n_encoder_layers=3,
-                n_decoder_layers=3,
+                n_encoder_layers=2,
+                n_decoder_layers=2,
                 dropout=0.1,
                 batch_size=96,
-                max_iters=6000,
-                warmup_iters=1000,
-                eval_interval=1000,
+                max_iters=3000,
+                warmup_iters=800,
+                eval_interval=500,
                 eval_size=1000,
-                average_last=1000,
+                average_last=500,
             ),  # fmt: skip
             anchor="the paper's base model: 38.1 BLEU on WMT14 EN-FR (newstest2014)",
             report=("bleu", "cer"),

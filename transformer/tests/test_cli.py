@@ -192,3 +192,27 @@ def test_masked_language_model_pre_training_then_fine_tuning_from_it(tmp_path):
     wrong = run_script(PROJECT, "train.py", "--task", "classify", "--dry-run", "--init-from",
                        not_a_language_model, "--out", tmp_path / "x", expect_code=2)  # fmt: skip
     assert "holds a classify model, not --task mlm" in wrong.stderr
+
+
+def test_the_tatoeba_recipe_without_its_file_says_where_to_place_it(tmp_path):
+    result = run_script(PROJECT, "train.py", "--preset", "tatoeba", "--dry-run", "--data-dir",
+                        tmp_path, "--out", tmp_path / "run", expect_code=2)  # fmt: skip
+    expected = f"error: no {tmp_path / 'eng-fra' / 'eng-fra.txt'} and no network: place there"
+    assert result.stderr.startswith(expected) and len(result.stderr.splitlines()) == 1
+
+
+def test_a_word_level_dry_run_on_a_pairs_file_with_several_translations(tmp_path):
+    lines = [f"{en}\t{fr}" for en, fr in [
+        ("go.", "va !"), ("go.", "file !"), ("hi.", "salut."), ("run!", "cours !"),
+        ("who?", "qui ?"), ("wow!", "ça alors !"), ("i see.", "je vois."), ("help!", "à l'aide !"),
+        ("i won.", "j'ai gagné."), ("stop!", "arrête !"), ("wait!", "attends !"),
+        ("hello.", "bonjour."), ("i try.", "j'essaye."), ("no way!", "pas question !"),
+    ] * 3]  # fmt: skip
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run_script(PROJECT, "train.py", "--dry-run", "--tokens", "words", "--min-count", "1",
+               "--pairs-file", pairs, "--out", tmp_path / "run")  # fmt: skip
+    scored = run_script(PROJECT, "inference.py", "--checkpoint", tmp_path / "run" / "model.pt",
+                        "--pairs-file", pairs).stdout  # fmt: skip
+    assert "     va ! | file !" in scored  # every translation of "go." is a reference
+    assert "13 English sentences (42 pairs; 0 skipped" in scored

@@ -1,7 +1,17 @@
 """The generated French is correct, and the split and vocabulary behave."""
 
 import pytest
-from data import CharVocab, english_number, french_date, french_number, generated_pairs, split_pairs
+from data import (
+    CharVocab,
+    WordVocab,
+    english_number,
+    french_date,
+    french_number,
+    generated_pairs,
+    split_by_source,
+    split_pairs,
+)
+from metrics import tokenize_13a
 
 from shared.errors import UserError
 
@@ -65,3 +75,25 @@ def test_vocabulary_round_trips_and_names_unknown_characters():
     assert vocab.decode(vocab.encode("a cab") + [vocab.eos_id, 4]) == "a cab"
     with pytest.raises(UserError, match="'xé'"):
         vocab.encode("abxé")
+
+
+def test_word_vocabulary_splits_as_bleu_does_and_drops_unknown_words_from_its_output():
+    vocab = WordVocab.build(["il est parti très loin.", "oui, merci !", "il est là."], 2)
+    assert vocab.symbols == [".", "est", "il"]  # words seen at least twice
+    ids = vocab.encode("il est loin.")
+    assert ids == [vocab.stoi["il"], vocab.stoi["est"], vocab.unk_id, vocab.stoi["."]]
+    assert vocab.decode([*ids, vocab.eos_id, vocab.stoi["il"]]) == "il est."
+    every_word = WordVocab.build(["oui, merci 12. l'homme va !"], 1)
+    text = "oui, merci 12. l'homme va !"
+    assert tokenize_13a(every_word.decode(every_word.encode(text))) == tokenize_13a(text)
+
+
+def test_held_out_english_sentences_keep_every_french_translation_and_are_never_trained_on():
+    pairs = [(f"s{i % 40}", f"f{i}") for i in range(120)]  # 40 sentences, 3 translations each
+    train, test = split_by_source(pairs)
+    assert len(test) == 4 and all(len(refs) == 3 for _, refs in test)
+    assert {en for en, _ in test}.isdisjoint(en for en, _ in train)
+    assert sorted(train + [(en, fr) for en, refs in test for fr in refs]) == sorted(pairs)
+    generated = generated_pairs(n_sentences=200)  # distinct English: as split_pairs splits it
+    train, test = split_by_source(generated)
+    assert (train, [(en, fr) for en, (fr,) in test]) == split_pairs(generated)
