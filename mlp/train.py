@@ -4,7 +4,7 @@
     python train.py --dataset moons --hidden 0        # a single neuron: logistic regression
     python train.py --dataset xor --hidden 8 --activation tanh   # 2 -> n_h -> 1
     python train.py --dataset digits                  # 8x8 digits, 64 features
-    python train.py --dataset mnist --data-dir /work/shared/data
+    python train.py --dataset mnist --data-dir DATA   # DATA holds MNIST/ in torchvision's layout
 
 The run folder gets model.npz (weights, optimizer state, config), metrics.json, log.jsonl,
 loss.png and, for 2-D data, boundary.png and boundary.gif.
