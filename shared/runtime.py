@@ -5,6 +5,7 @@ torch is imported inside the functions that need it, so NumPy projects can seed 
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import sys
@@ -136,6 +137,41 @@ class Distributed:
             dataset, num_replicas=self.world_size, rank=self.rank, shuffle=shuffle, seed=seed
         )
 
+    def shard(self, batch):
+        """This rank's contiguous share of a global batch (a tensor, array or list of indices).
+
+        Every rank draws the same global batch from the same generator and keeps its own slice,
+        so N processes with --batch-size B see exactly the examples of one process with B.
+        """
+        if not self.enabled:
+            return batch
+        if len(batch) % self.world_size:
+            raise UserError(
+                f"a batch of {len(batch)} does not split over {self.world_size} processes: "
+                f"make --batch-size a multiple of {self.world_size}"
+            )
+        share = len(batch) // self.world_size
+        return batch[self.rank * share : (self.rank + 1) * share]
+
+    def sync_batch_norm(self, model):
+        """Batch norm over the global batch: every BatchNorm layer pools its statistics over ranks.
+
+        torch's SyncBatchNorm needs a GPU; this one (an all-reduce of each channel's count, sum
+        and sum of squares, differentiable) runs on gloo too, so N processes normalise exactly as
+        one process with the whole batch, and every rank keeps the same running statistics.
+        Without distribution the model is returned unchanged.
+        """
+        if not self.enabled:
+            return model
+        import torch
+
+        for name, child in model.named_children():
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                setattr(model, name, _global_batch_norm_class().replacing(child))
+            else:
+                self.sync_batch_norm(child)
+        return model
+
     def all_reduce_mean(self, value) -> float:
         """The mean of a number (or scalar tensor) over all ranks."""
         if not self.enabled:
@@ -181,3 +217,130 @@ def init_distributed(device_name: str = "auto") -> Distributed:
     backend = "nccl" if device.type == "cuda" else "gloo"
     torch_dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return Distributed(True, rank, local_rank, world_size, device)
+
+
+@functools.cache
+def _global_batch_norm_class():
+    # Built on first use, so that importing this module needs no torch.
+    import torch
+    import torch.distributed.nn.functional as dist_fn
+
+    class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+        """Batch norm whose training statistics are those of the batch of all ranks together."""
+
+        @classmethod
+        def replacing(cls, old):
+            new = cls(old.num_features, old.eps, old.momentum, old.affine, old.track_running_stats)
+            new.load_state_dict(old.state_dict())
+            new.to(next(old.parameters(), old.running_mean).device)
+            new.train(old.training)
+            return new
+
+        def _check_input_dim(self, x):
+            if x.dim() < 2:
+                raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+        def forward(self, x):  # x: (B, C, ...)
+            if not (self.training or not self.track_running_stats):
+                return super().forward(x)
+            dims = [0, *range(2, x.dim())]
+            count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device)
+            x32 = x.float()
+            # One all-reduce of (sum, sum of squares, count); its backward all-reduces gradients.
+            stats = torch.cat([x32.sum(dims), (x32 * x32).sum(dims), count.reshape(1)])
+            stats = dist_fn.all_reduce(stats)
+            c = x.shape[1]
+            n = stats[-1]
+            mean = stats[:c] / n
+            var = stats[c : 2 * c] / n - mean * mean  # biased, as batch norm normalises
+            if self.track_running_stats:
+                with torch.no_grad():
+                    self.num_batches_tracked += 1
+                    momentum = (
+                        1.0 / float(self.num_batches_tracked)
+                        if self.momentum is None
+                        else self.momentum
+                    )
+                    unbiased = var * n / (n - 1).clamp(min=1)
+                    self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                    self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+            shape = [1, c] + [1] * (x.dim() - 2)
+            y = (x32 - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+            if self.affine:
+                y = y * self.weight.view(shape) + self.bias.view(shape)
+            return y.to(x.dtype)
+
+    return GlobalBatchNorm
+
+
+# ----------------------------------------------------------------------------- mixed precision
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISION_HELP = (
+    "autocast dtype: auto = bf16 on CUDA devices that support it, else fp16 with a gradient "
+    "scaler on CUDA, fp32 (no autocast) on the CPU and MPS; bf16 also runs on the CPU"
+)
+
+
+@dataclass
+class MixedPrecision:
+    """Autocast and, for fp16, a gradient scaler; with fp32 every method is a plain no-op.
+
+    Use: `with amp.autocast(): loss = ...`, then `amp.backward(loss)`, `amp.unscale(opt)` before
+    clipping, `amp.step(opt)`. Losses and normalisations are computed in float32 by the models.
+    """
+
+    name: str
+    device_type: str
+    scaler: Any = None
+
+    @property
+    def dtype(self):
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale(self, optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+def mixed_precision(name: str, device) -> MixedPrecision:
+    """Resolve --precision for a device (see PRECISION_HELP); an impossible one is a UserError."""
+    import torch
+
+    if name not in PRECISIONS:
+        raise UserError(f"unknown precision {name!r} (use {', '.join(PRECISIONS)})")
+    kind = device.type
+    if name == "auto":
+        if kind != "cuda":
+            name = "fp32"
+        else:
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "fp16" and kind != "cuda":
+        raise UserError(f"--precision fp16 needs a CUDA device, not {kind}")
+    if name == "bf16" and kind == "mps":
+        raise UserError("--precision bf16 is not supported on MPS here: use fp32")
+    if name == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bf16: use --precision fp16")
+    scaler = torch.amp.GradScaler("cuda") if name == "fp16" else None
+    return MixedPrecision(name, kind, scaler)

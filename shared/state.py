@@ -322,34 +322,75 @@ class TrainingState:
     `parts` are keyword arguments: `model=`, `optimizer=`, `scheduler=`, `ema=`, generators
     (`data_rng=np.random.default_rng(seed)`), each saved under its name. `log_key` is the field
     of log.jsonl that counts progress (`step`, or `epoch` for runs that save per epoch).
+
+    Under torchrun pass `dist=` (shared.runtime.Distributed) and call `save` on every rank: the
+    parts are rank 0's (DDP keeps them equal; data generators must be seeded alike on all
+    ranks), while the global generators, which differ per rank (dropout), are saved for each
+    rank and given back to the same rank on resume.
     """
 
-    def __init__(self, path: str | os.PathLike, cfg: Any, log_key: str = "step", **parts: Any):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        cfg: Any,
+        log_key: str = "step",
+        *,
+        dist: Any = None,
+        **parts: Any,
+    ):
         self.path = Path(path)
+        self.dist = dist
         self.cfg = cfg
         self.log_key = log_key
         self.parts = parts
         self.extra: dict[str, Any] = {}
         if not parts:
             raise ValueError("TrainingState needs at least one part to save")
-        reserved = set(parts) & {"step", "train_config", "rng", "path"}
+        reserved = set(parts) & {"step", "train_config", "rng", "rng_ranks", "path"}
         if reserved:
             raise ValueError(f"parts may not be called {', '.join(sorted(reserved))}")
 
-    def save(self, step: int, is_main: bool = True, **extra: Any) -> None:
-        """Write everything the next step depends on, with `step` steps done."""
+    def save(self, step: int, is_main: bool | None = None, **extra: Any) -> None:
+        """Write everything the next step depends on, with `step` steps done (on rank 0)."""
+        rng_ranks = self._gather_rng()
+        if is_main is None:
+            is_main = self.dist is None or self.dist.is_main
         if not is_main:
             return
         config = dataclasses.asdict(self.cfg) if dataclasses.is_dataclass(self.cfg) else self.cfg
         obj = {name: _part_state(part) for name, part in self.parts.items()}
-        reserved = (set(obj) | {"train_config", "rng", "path"}) & set(extra)
+        reserved = (set(obj) | {"train_config", "rng", "rng_ranks", "path"}) & set(extra)
         if reserved:
             raise ValueError(f"extra values may not be called {', '.join(sorted(reserved))}")
         obj.update(extra)
         obj["step"] = int(step)
         obj["train_config"] = _plain(config)
         obj["rng"] = _global_rng_state()
+        if rng_ranks is not None:
+            obj["rng_ranks"] = rng_ranks
         write_state(self.path, obj)
+
+    def _gather_rng(self) -> list | None:
+        if self.dist is None or not self.dist.enabled:
+            return None
+        import torch.distributed as torch_dist
+
+        states: list = [None] * self.dist.world_size
+        torch_dist.all_gather_object(states, _global_rng_state())
+        return states
+
+    def _own_rng(self, ckpt: dict, source: Path) -> dict:
+        ranks = ckpt.get("rng_ranks")
+        world_size = 1 if self.dist is None else self.dist.world_size
+        saved_by = 1 if ranks is None else len(ranks)
+        if saved_by != world_size:
+            raise CheckpointError(
+                f"checkpoint {source} was written by {saved_by} processes, not {world_size}: "
+                f"resume it with torchrun --nproc_per_node {saved_by}"
+                if saved_by > 1
+                else f"checkpoint {source} was written by one process: resume it without torchrun"
+            )
+        return ckpt["rng"] if ranks is None else ranks[self.dist.rank]
 
     def restore(self, ckpt: dict | None) -> int:
         """Put every part back from `ckpt` (from load_for_resume) and return its step.
@@ -357,7 +398,9 @@ class TrainingState:
         Without a checkpoint: 0. Either way, stale temporaries of the run folder are removed.
         The extra values given to `save` are in `self.extra` afterwards.
         """
-        remove_stale_temporaries(self.path.parent)
+        main = self.dist is None or self.dist.is_main  # only rank 0 touches the run folder
+        if main:
+            remove_stale_temporaries(self.path.parent)
         if ckpt is None:
             return 0
         source = Path(ckpt.get("path", self.path))
@@ -368,11 +411,12 @@ class TrainingState:
             )
         for name, part in self.parts.items():
             _load_part(part, ckpt[name], name, source)
-        _set_global_rng_state(ckpt["rng"])
-        skip = set(self.parts) | {"step", "train_config", "rng", "path"}
+        _set_global_rng_state(self._own_rng(ckpt, source))
+        skip = set(self.parts) | {"step", "train_config", "rng", "rng_ranks", "path"}
         self.extra = {k: v for k, v in ckpt.items() if k not in skip}
         step = int(ckpt["step"])
-        truncate_log(self.path.parent / "log.jsonl", step, self.log_key)
+        if main:
+            truncate_log(self.path.parent / "log.jsonl", step, self.log_key)
         return step
 
 
