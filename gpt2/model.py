@@ -129,7 +129,9 @@ class CausalSelfAttention(nn.Module):
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # QK^T / sqrt(d_k): (B, H, T, S)
             att = att.masked_fill(~allowed, float("-inf"))  # no peeking at the future
-            att = F.softmax(att, dim=-1)  # each row: weights over the past, summing to 1
+            # Each row: weights over the past, summing to 1; at least float32 under autocast.
+            att = F.softmax(att, dim=-1, dtype=torch.promote_types(att.dtype, torch.float32))
+            att = att.to(v.dtype)
             att = self.attn_dropout(att)
             y = att @ v  # softmax(QK^T / sqrt(d_k)) V: (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side: (B, T, C)
@@ -225,7 +227,8 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
+        logits_32 = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (fp64 stays)
+        loss = F.cross_entropy(logits_32.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
 
     @torch.no_grad()

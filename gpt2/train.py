@@ -32,7 +32,15 @@ from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.data import load_text, split_text
 from shared.errors import DataError, UserError
 from shared.logging import progress, start_run
-from shared.runtime import check_fits_in_memory, init_distributed, seed_everything, set_threads
+from shared.runtime import (
+    PRECISION_HELP,
+    PRECISIONS,
+    check_fits_in_memory,
+    init_distributed,
+    mixed_precision,
+    seed_everything,
+    set_threads,
+)
 from shared.state import TrainingState, load_for_resume
 
 PROJECT_DIR = Path(__file__).parent
@@ -98,6 +106,7 @@ class TrainConfig(RunConfig):
     eval_iters: int = arg(20, "batches per loss estimate", min=1)
     sample_tokens: int = arg(300, "tokens per sample written at the end", min=1)
     compile: bool = arg(False, "torch.compile the model")
+    precision: str = arg("auto", PRECISION_HELP, choices=PRECISIONS)
     # A model this small gains little from more threads, and on a busy machine threads that spin
     # waiting for each other lose a lot (measured: 6.5 vs 0.2-2 steps/s at load 8 on 2 cores).
     threads: int = arg(1, "torch CPU threads (0: torch's default, one per core)", min=0)
@@ -265,6 +274,21 @@ def text_metrics(val_loss: float, tokenizer, train_ids, val_ids, val_text: str) 
     )
 
 
+def accumulate_gradients(model, train_ids, offsets, cfg: TrainConfig, amp, dist) -> float:
+    """Forward and backward over this process's micro-batches (offsets: (micro_steps, B));
+    returns their mean loss. Gradients are averaged over processes after the last one only."""
+    micro_steps = len(offsets)
+    step_loss = 0.0
+    for micro in range(micro_steps):
+        x, y = get_batch(train_ids, offsets[micro], cfg.block_size, dist.device)  # (B, T) each
+        last = micro == micro_steps - 1
+        with amp.autocast(), model.no_sync() if dist.enabled and not last else nullcontext():
+            _, loss = model(x, y)
+            amp.backward(loss / micro_steps)  # the mean over the micro-batches
+        step_loss += loss.item() / micro_steps
+    return step_loss
+
+
 def main(cfg: TrainConfig) -> dict:
     if cfg.dry_run:
         cfg = dry_run_config(cfg)
@@ -273,7 +297,8 @@ def main(cfg: TrainConfig) -> dict:
     micro_steps = micro_batches_per_process(cfg.grad_accum, dist.world_size)
     set_threads(cfg.threads)
     seed_everything(cfg.seed + dist.rank)  # dropout masks differ between processes
-    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp = mixed_precision(cfg.precision, device)
+    autocast = amp.autocast()
 
     # 1. Checkpoint, text and tokens, memory: all checked before the run folder is touched.
     ckpt = load_for_resume(cfg, PROJECT_DIR, CHECKPOINT, MUST_MATCH, required=("tokenizer", "rng"))
@@ -285,8 +310,11 @@ def main(cfg: TrainConfig) -> dict:
     # 2. The model, its optimizer, and everything a resumed run needs back.
     raw_model = GPT(config).to(device)  # the plain module, for saving and evaluation
     optimizer = make_optimizer(raw_model, cfg, device)
-    state = TrainingState(run.path / CHECKPOINT, cfg, model=raw_model, optimizer=optimizer)
-    start = state.restore(ckpt)  # also torch's global generator: the dropout masks
+    scaler = {"scaler": amp.scaler} if amp.scaler else {}  # fp16 only
+    state = TrainingState(
+        run.path / CHECKPOINT, cfg, dist=dist, model=raw_model, optimizer=optimizer, **scaler
+    )
+    start = state.restore(ckpt)  # also each process's global generator: the dropout masks
     for_inference = dict(model_config=asdict(config), tokenizer=tokenizer.state())
     if dist.is_main:
         resuming = f"; resuming at step {start}" if ckpt else ""
@@ -303,18 +331,11 @@ def main(cfg: TrainConfig) -> dict:
             group["lr"] = lr
         offsets = batch_offsets(step, global_batch, len(train_ids), cfg.block_size, cfg.seed)
         mine = offsets.view(dist.world_size, micro_steps, cfg.batch_size)[dist.rank]
-        step_loss = 0.0
-        for micro in range(micro_steps):
-            x, y = get_batch(train_ids, mine[micro], cfg.block_size, device)  # (B, T) each
-            # Gradients are averaged over processes only after the last micro-batch.
-            last = micro == micro_steps - 1
-            with autocast, model.no_sync() if dist.enabled and not last else nullcontext():
-                _, loss = model(x, y)
-                (loss / micro_steps).backward()  # the mean over the micro-batches
-            step_loss += loss.item() / micro_steps
+        step_loss = accumulate_gradients(model, train_ids, mine, cfg, amp, dist)
         if cfg.grad_clip > 0:
+            amp.unscale(optimizer)
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        amp.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         step_loss = dist.all_reduce_mean(step_loss)
         train_time += time.perf_counter() - started
@@ -325,7 +346,7 @@ def main(cfg: TrainConfig) -> dict:
             run.log(step=step + 1, train_loss=train_est, val_loss=val_est)
             if dist.is_main:
                 print(f"step {step + 1}: train loss {train_est:.4f}, val loss {val_est:.4f}")
-            state.save(step + 1, dist.is_main, **for_inference)
+            state.save(step + 1, **for_inference)  # on every process; rank 0 writes
 
     # 4. Final numbers: the loss over the whole validation text, and the baseline to beat.
     val_loss = full_loss(raw_model, val_ids, cfg, device, autocast)
