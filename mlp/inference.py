@@ -10,7 +10,6 @@ The checkpoint defaults to runs/latest/model.npz; it holds the config, so nothin
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,16 +49,15 @@ def read_csv(path: str, n_features: int) -> np.ndarray:
 
 def main(cfg: InferenceConfig) -> None:
     from model import predict
-    from train import CHECKPOINT, TrainConfig, load_dataset, load_model
+    from train import CHECKPOINT, load_dataset, load_model, saved_config
 
     from shared.logging import default_checkpoint
 
     path = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(PROJECT, CHECKPOINT)
-    model, _, meta = load_model(path)
+    model, ckpt = load_model(path)
     model.eval()
-    task, n_features = meta["task"], model.layers[0].W.shape[0]
-    train_cfg = TrainConfig(**{**meta["config"], "hidden": tuple(meta["config"]["hidden"])})
-    train_cfg = dataclasses.replace(train_cfg, resume=False)
+    task, n_features = ckpt["task"], model.layers[0].W.shape[0]
+    train_cfg = saved_config(ckpt)
     print(f"loaded {path}: {train_cfg.dataset}, {task}, {n_features} features")
 
     labels = None

@@ -357,6 +357,20 @@ class MLP:
             (layer.params()[k], layer.grads()[k]) for layer in self.layers for k in layer.params()
         ]
 
+    def flat_parameters(self) -> np.ndarray:
+        """Every learned value in one vector (P,), in the order of `parameters()` (a copy)."""
+        return np.concatenate([p.ravel() for p, _ in self.parameters()])
+
+    def set_flat_parameters(self, theta: np.ndarray) -> None:
+        """The inverse of `flat_parameters`: write theta (P,) back into the layers, in place."""
+        params = [p for p, _ in self.parameters()]
+        if theta.shape != (sum(p.size for p in params),):
+            raise ValueError(f"expected {sum(p.size for p in params)} values, got {theta.shape}")
+        offset = 0
+        for p in params:
+            p[...] = theta[offset : offset + p.size].reshape(p.shape)  # in place, as optimizers
+            offset += p.size
+
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {}
         for i, layer in enumerate(self.layers):

@@ -52,6 +52,14 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
         assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = run_script(PROJECT, "train.py", "--hidden", "0", "5", expect_code=2)
     assert "--hidden" in result.stderr and "Traceback" not in result.stderr
+    resumes = {
+        "was trained with --activation relu, not tanh": ("--out", tmp_path, "--activation", "tanh"),
+        "does not exist": ("--out", tmp_path / "never_trained"),
+    }
+    for expected, args in resumes.items():
+        result = run_script(PROJECT, "train.py", "--dry-run", "--resume", *args, expect_code=2)
+        assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "never_trained").exists()  # checked before anything is written
 
 
 def test_a_network_too_large_for_memory_stops_before_allocating(tmp_path):

@@ -54,6 +54,15 @@ CASES: dict[str, tuple[tuple[str, ...], str, str, int, int]] = {
     "vae": (("--dry-run", "--threads", "1"), "epoch", "model.pt", 2, 4),
     # 3 epochs of 2 steps, every step logged, the validation mAP per epoch; checkpoints at 2, 4, 6
     "detection": (("--dry-run", "--threads", "1"), "step", "model.pt", 2, 4),
+    # mlp: 4 epochs of 5 steps, every epoch logged, checkpoints at epochs 2 and 4; dropout (the
+    # generator) and batch norm (running statistics) on
+    "mlp": (
+        ("--dry-run", "--dropout", "0.1", "--batchnorm", "--threads", "1"),
+        "epoch",
+        "model.npz",
+        2,
+        4,
+    ),
     # 4 steps, every step logged; checkpoints at 2 and 4; dropout so torch's generator matters
     "gpt2": (("--dry-run", "--dropout", "0.1", "--threads", "1"), "step", "model.pt", 2, 4),
     # 4 steps, every step logged; checkpoints at 2, 4; dropout (torch's generator) and the
