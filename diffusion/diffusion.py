@@ -141,14 +141,21 @@ class GaussianDiffusion:
 
     # ---------------------------------------------------------------- training
 
-    def loss(self, model, x0, y=None, generator: torch.Generator | None = None):
-        """L_simple = E_{t, eps} || target - net(x_t, t) ||^2 (DDPM eq. 14), t uniform."""
+    def loss(self, model, x0, y=None, generator: torch.Generator | None = None, t=None, noise=None):
+        """L_simple = E_{t, eps} || target - net(x_t, t) ||^2 (DDPM eq. 14), t uniform.
+
+        t (B,) and eps (B, C, H, W) are drawn from `generator` unless given: under torchrun,
+        train.py draws them for the global batch and hands each process its share.
+        """
         B = x0.shape[0]
-        t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        if t is None:
+            t = torch.randint(0, self.T, (B,), device=x0.device, generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         xt = self.q_sample(x0, t, noise)
         target = noise if self.prediction == "eps" else self.velocity(x0, t, noise)
-        return F.mse_loss(model(xt, t, y), target)
+        # In the data's dtype (float32), whatever dtype autocast gave the network's output.
+        return F.mse_loss(model(xt, t, y).to(target.dtype), target)
 
     # ---------------------------------------------------------------- sampling
 

@@ -55,6 +55,34 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb.to(torch.get_default_dtype())
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 when autocast made it bf16 or fp16; float32 and float64 stay as they are."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm (Wu & He 2018) with its statistics in float32 under autocast.
+
+    y = (x - mean) / sqrt(var + eps) * gamma + beta, mean and var over each group of C / G
+    channels and all pixels. A bf16 map has 8 bits of mantissa, so the map is widened first:
+    the statistics and the normalised map are float32's on every device (CUDA's autocast does
+    this for nn.GroupNorm, the CPU's does not), and the next convolution casts down again.
+    """
+
+    def forward(self, x):  # x: (B, C, H, W), any dtype -> at least float32
+        return F.group_norm(at_least_float32(x), self.num_groups, self.weight, self.bias, self.eps)
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) over the keys: (B, h, N, d) twice -> (B, h, N, N).
+
+    The scores come in autocast's dtype (a matrix product); the softmax runs in float32, so
+    every row of weights sums to 1 to float32's precision, not to bf16's 1 +- 0.004.
+    """
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # Q K^T / sqrt(d)
+    return at_least_float32(scores).softmax(dim=-1)
+
+
 class TimeEmbedding(nn.Module):
     """Sinusoidal features of t, then an MLP: the vector every residual block is told."""
 
@@ -74,10 +102,10 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, embed_dim: int, groups: int, dropout: float):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.norm1 = GroupNorm32(groups, c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.embed = nn.Linear(embed_dim, c_out)  # one shift per channel, from (t, y)
-        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.norm2 = GroupNorm32(groups, c_out)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         # A 1x1 convolution matches channel counts on the skip path when they differ.
@@ -101,7 +129,7 @@ class SelfAttention(nn.Module):
         if channels % num_heads:
             raise ValueError(f"{channels} channels do not split into {num_heads} heads")
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = GroupNorm32(groups, channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
 
@@ -111,8 +139,7 @@ class SelfAttention(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
         q, k, v = self.qkv(tokens).split(C, dim=2)  # each (B, N, C)
         q, k, v = (z.view(B, H * W, h, d).transpose(1, 2) for z in (q, k, v))  # each (B, h, N, d)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d)  # (B, h, N, N): Q K^T / sqrt(d)
-        out = att.softmax(dim=-1) @ v  # (B, h, N, d)
+        out = attention_weights(q, k).to(v.dtype) @ v  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(B, H * W, C)  # (B, N, C): heads side by side
         out = self.proj(out).transpose(1, 2).view(B, C, H, W)
         return x + out
@@ -211,7 +238,7 @@ class UNet(nn.Module):
             if i > 0:
                 size *= 2
 
-        self.out_norm = nn.GroupNorm(cfg.num_groups, c)
+        self.out_norm = GroupNorm32(cfg.num_groups, c)
         self.out_conv = nn.Conv2d(c, cfg.in_channels, 3, padding=1)
 
     def forward(self, x, t, y=None):  # x: (B, C, H, W), t: (B,) long, y: (B,) long, -1 = none

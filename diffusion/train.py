@@ -8,6 +8,7 @@ floor that real test images reach.
     python train.py                                  # digits, default settings
     python train.py --preset mnist --data-dir DATA   # MNIST at 28x28 (DATA holds MNIST/raw)
     python train.py --dataset folder --folder ~/pictures --no-conditional --channels 3
+    torchrun --standalone --nproc_per_node 2 train.py   # the same run, the batch split in two
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from shared.data import IMAGE_DATASETS
 from shared.errors import UserError
 from shared.logging import progress, read_log, start_run
 from shared.metrics import JUDGE_SIZES, get_judge
-from shared.runtime import check_fits_in_memory, get_device, seed_everything, set_threads
+from shared.runtime import (
+    PRECISION_HELP,
+    PRECISIONS,
+    check_fits_in_memory,
+    init_distributed,
+    mixed_precision,
+    seed_everything,
+    set_threads,
+)
 from shared.state import TrainingState, load_for_resume
 
 PROJECT_DIR = Path(__file__).parent
@@ -99,9 +108,14 @@ class TrainConfig(RunConfig):
     )
     # Optimisation
     steps: int = arg(1000, "training steps", min=1)
-    batch_size: int = arg(64, "images per step", min=1)
+    batch_size: int = arg(
+        64, "images per step: the global batch, split over torchrun processes", min=1
+    )
     lr: float = arg(
-        2e-3, "peak learning rate (AdamW, warm-up then cosine decay)", min=0, min_inclusive=False
+        2e-3,
+        "peak learning rate for the global batch (AdamW, warm-up then cosine decay)",
+        min=0,
+        min_inclusive=False,
     )
     warmup: int = arg(50, "learning-rate warm-up steps", min=0)
     ema_decay: float = arg(0.99, "decay of the weights' moving average", min=0, max=1)
@@ -110,6 +124,7 @@ class TrainConfig(RunConfig):
     # One thread: these small tensors gain little from a second one, and on a busy machine
     # OpenMP threads that wait for each other make a step ten times slower.
     threads: int = arg(1, "torch CPU threads (0: torch's default)", min=0)
+    precision: str = arg("auto", PRECISION_HELP, choices=PRECISIONS)
     # Sampling for the evaluation and the figures
     sampler: str = arg("ddim", "sampler for evaluation and figures", choices=("ddpm", "ddim"))
     sample_steps: int = arg(25, "DDIM steps (ddpm always takes all T)", min=1)
@@ -184,20 +199,41 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_)))
 
 
+def training_batch(generator, x_train, y_train, cfg: TrainConfig, dist):
+    """This process's share of the step's global batch: (x_0, labels or None, t, eps).
+
+    Every process draws the whole batch (indices, dropped labels, t, eps) from the same
+    generator, in the order one process draws it, and keeps its slice: N processes together
+    see exactly the examples and the noise of one process with the same --batch-size.
+    """
+    device, B = x_train.device, cfg.batch_size
+    index = torch.randint(0, len(x_train), (B,), device=device, generator=generator)
+    y = None
+    if y_train is not None:
+        drop = torch.rand(B, device=device, generator=generator) < cfg.p_uncond
+        y = dist.shard(torch.where(drop, -1, y_train[index]))  # -1: "no class", for guidance
+    t = torch.randint(0, cfg.timesteps, (B,), device=device, generator=generator)
+    noise = torch.randn((B, *x_train.shape[1:]), device=device, generator=generator)
+    return x_train[dist.shard(index)], y, dist.shard(t), dist.shard(noise)
+
+
 def main(cfg: TrainConfig) -> dict:
     if cfg.dry_run:
         cfg = dry_run_config(cfg)
+    dist = init_distributed(cfg.device)
+    device = dist.device
+    local_batch = len(dist.shard(range(cfg.batch_size)))  # a UserError if it does not split
+    amp = mixed_precision(cfg.precision, device)
     ckpt = load_for_resume(cfg, PROJECT_DIR, CHECKPOINT, must_match=MUST_MATCH)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed + dist.rank)  # dropout masks differ between processes
     set_threads(cfg.threads)
-    device = get_device(cfg.device)
     n_classes = len(IMAGE_DATASETS[cfg.dataset].classes) if cfg.conditional else 0
     ucfg = unet_config(cfg, n_classes)
     sizes = (
         f"--base-channels {cfg.base_channels} --image-size {cfg.image_size} "
         f"--batch-size {cfg.batch_size}"
     )
-    check_fits_in_memory(training_bytes(ucfg, cfg.batch_size), sizes, device)
+    check_fits_in_memory(training_bytes(ucfg, local_batch), sizes, device)
 
     # Data, in [-1, 1]: images (N, C, H, W) and labels (N,), None for a folder.
     x_np, y_np, _ = load_training_images(
@@ -205,52 +241,54 @@ def main(cfg: TrainConfig) -> dict:
     )
     x_train = torch.from_numpy(x_np).to(device)
     y_train = torch.from_numpy(y_np).to(device) if n_classes else None
-    run = start_run(f"diffusion on {cfg.dataset}", cfg, PROJECT_DIR)
+    run = start_run(f"diffusion on {cfg.dataset}", cfg, PROJECT_DIR, is_main=dist.is_main)
 
-    # Model, its moving average, the diffusion process, the optimiser.
-    model = UNet(ucfg).to(device)
-    ema = EMA(model, cfg.ema_decay)
+    # Model (DDP hands every process rank 0's initial weights), its moving average (of those
+    # identical weights, so identical on every process), the diffusion, the optimiser.
+    raw_model = UNet(ucfg).to(device)
+    model = dist.wrap(raw_model)
+    ema = EMA(raw_model, cfg.ema_decay)
     diffusion = GaussianDiffusion(cfg.timesteps, cfg.schedule, cfg.prediction, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"U-Net with {n_params:,} parameters; {len(x_train)} training images; device {device}")
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if dist.is_main:
+        n_params = sum(p.numel() for p in raw_model.parameters())
+        processes = f"{dist.world_size} processes" if dist.enabled else "1 process"
+        print(f"U-Net with {n_params:,} parameters; {len(x_train)} training images; "
+              f"device {device}, {processes}, precision {amp.name}")  # fmt: skip
     generator = torch.Generator(device).manual_seed(cfg.seed)  # batches, dropped labels, t, eps
-    state = TrainingState(
-        run.path / CHECKPOINT, cfg, model=model, ema=ema, optimizer=optimizer, noise=generator
-    )
+    scaler = {"scaler": amp.scaler} if amp.scaler else {}  # fp16 only
+    state = TrainingState(run.path / CHECKPOINT, cfg, dist=dist, model=raw_model, ema=ema,
+                          optimizer=optimizer, noise=generator, **scaler)  # fmt: skip
     start = state.restore(ckpt)
     running = list(state.extra.get("running", []))  # losses since the last log line
 
     # Training: L_simple on random batches, labels dropped with probability p_uncond.
     model.train()
-    for step in progress(range(start, cfg.steps), desc="train"):
+    for step in progress(range(start, cfg.steps), desc="train", disable=not dist.is_main):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        index = torch.randint(
-            0, len(x_train), (cfg.batch_size,), device=device, generator=generator
-        )
-        y = None
-        if n_classes:
-            y = y_train[index]
-            drop = torch.rand(len(y), device=device, generator=generator) < cfg.p_uncond
-            y = torch.where(drop, -1, y)  # -1: "no class", what guidance contrasts with
-        loss = diffusion.loss(model, x_train[index], y, generator)
+        x0, y, t, noise = training_batch(generator, x_train, y_train, cfg, dist)
+        with amp.autocast():
+            loss = diffusion.loss(model, x0, y, t=t, noise=noise)  # the mean over this share
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema.update(model)
-        running.append(loss.item())
+        amp.backward(loss)  # DDP averages the gradients: those of the global batch's mean
+        amp.step(optimizer)
+        ema.update(raw_model)
+        running.append(dist.all_reduce_mean(loss.item()))  # the global batch's loss
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             run.log(step=step + 1, loss=float(np.mean(running)), lr=learning_rate(step, cfg))
             running = []
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            state.save(step + 1, unet=dataclasses.asdict(ucfg), running=running)
+            state.save(step + 1, unet=dataclasses.asdict(ucfg), running=running)  # every rank
 
-    # Evaluation with the averaged weights.
-    model.load_state_dict(ema.state_dict())
-    model.eval()
-    report.write_figures(run.path, cfg, diffusion, model, x_train, n_classes, device)
-    return evaluate(run, cfg, diffusion, model, n_classes, device)
+    # Evaluation with the averaged weights, on rank 0 alone: it needs no other process.
+    dist.close()
+    if not dist.is_main:
+        return {}
+    raw_model.load_state_dict(ema.state_dict())
+    raw_model.eval()
+    report.write_figures(run.path, cfg, diffusion, raw_model, x_train, n_classes, device)
+    return evaluate(run, cfg, diffusion, raw_model, n_classes, device)
 
 
 def draw_samples(cfg: TrainConfig, diffusion, model, n_classes: int, device):
