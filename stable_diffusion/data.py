@@ -115,12 +115,18 @@ class CaptionedDigits:
             out[i, 0, top : top + s, left : left + s] = image
         return out
 
-    def sample(self, n: int, rng: np.random.Generator):
-        """images (n, 1, H, W), captions (list of n str), digits (n,), corners (n,)."""
+    def sample(self, n: int, rng: np.random.Generator, keep=None):
+        """images (n, 1, H, W), captions (list of n str), digits (n,), corners (n,).
+
+        With `keep` (Distributed.shard: this process's share of a global batch), all n are
+        drawn, so that rng moves on alike in every process, and only the kept part is made.
+        """
         index = rng.integers(len(self.digits), size=n)
         corners = rng.integers(4, size=n)
         digits = self.labels[index]
         captions = [caption(d, c, rng) for d, c in zip(digits, corners)]
+        if keep is not None:
+            index, corners, digits, captions = map(keep, (index, corners, digits, captions))
         return self.place(self.digits[index], corners), captions, digits, corners
 
 

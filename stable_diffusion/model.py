@@ -10,6 +10,11 @@ Diffusion Models"), every part written out:
    guidance, negative prompts and image-to-image.
 
 Shapes: B batch, T text tokens, D text width, C channels, H x W a feature map, N = H * W.
+
+Under mixed precision (torch.autocast, bf16 or fp16) the matrix products and convolutions run in
+16 bits, while the attention softmax, the GroupNorm and LayerNorm statistics and both losses are
+computed in float32 (`upcast`): bf16 keeps 8 significant bits (2-3 decimal digits), too few for
+a variance or for softmax weights that must sum to 1.
 """
 
 from __future__ import annotations
@@ -37,6 +42,28 @@ class SDConfig:
     timesteps: int = 1000
     beta_start: float = 0.00085  # Stable Diffusion's "scaled linear" schedule
     beta_end: float = 0.012
+
+
+# ----------------------------------------------------------------------------- float32 parts
+
+
+def upcast(x):
+    """x in float32, or in its own dtype where that is wider (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm with its mean and variance taken in float32 under autocast too."""
+
+    def forward(self, x):
+        return super().forward(upcast(x)).to(x.dtype)
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm with its mean and variance taken in float32 under autocast too."""
+
+    def forward(self, x):
+        return super().forward(upcast(x)).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- 1. attention
@@ -68,12 +95,19 @@ class Attention(nn.Module):
             return z.view(b, length, self.n_heads, self.d_k).transpose(1, 2)
 
         q, k, v = heads(self.q(x), n), heads(self.k(context), t), heads(self.v(context), t)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d_k)  # (B, heads, N, T)
+        weights = self.attention_weights(q, k, context_mask)  # (B, heads, N, T)
+        out = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, -1)  # (B, N, dim)
+        return self.out(out)
+
+    def attention_weights(self, q, k, context_mask=None):
+        """softmax(Q K^T / sqrt(d_k)) over the keys, in float32 even when q and k are 16-bit.
+
+        q (B, heads, N, d_k), k (B, heads, T, d_k) -> (B, heads, N, T), each row summing to 1.
+        """
+        scores = upcast(q @ k.transpose(-2, -1)) / math.sqrt(self.d_k)
         if context_mask is not None:  # padding tokens get zero attention
             scores = scores.masked_fill(~context_mask[:, None, None, :], float("-inf"))
-        weights = scores.softmax(dim=-1)
-        out = (weights @ v).transpose(1, 2).reshape(b, n, -1)  # (B, N, dim)
-        return self.out(out)
+        return scores.softmax(dim=-1)
 
 
 class FeedForward(nn.Sequential):
@@ -89,7 +123,7 @@ class TextBlock(nn.Module):
 
     def __init__(self, dim: int, n_heads: int):
         super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm1, self.norm2 = LayerNorm(dim), LayerNorm(dim)
         self.attention = Attention(dim, n_heads)
         self.ff = FeedForward(dim)
 
@@ -109,7 +143,7 @@ class TextEncoder(nn.Module):
         self.blocks = nn.ModuleList(
             [TextBlock(cfg.text_dim, cfg.text_heads) for _ in range(cfg.text_layers)]
         )
-        self.norm = nn.LayerNorm(cfg.text_dim)
+        self.norm = LayerNorm(cfg.text_dim)
 
     def forward(self, ids, mask):
         x = self.token(ids) + self.position[: ids.shape[1]]  # (B, T, D)
@@ -126,10 +160,10 @@ class ResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, time_dim: int | None = None):
         super().__init__()
-        self.norm1 = nn.GroupNorm(min(8, c_in), c_in)
+        self.norm1 = GroupNorm(min(8, c_in), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.time = nn.Linear(time_dim, c_out) if time_dim else None
-        self.norm2 = nn.GroupNorm(min(8, c_out), c_out)
+        self.norm2 = GroupNorm(min(8, c_out), c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -156,7 +190,7 @@ class Autoencoder(nn.Module):
             ResBlock(2 * c, 2 * c),
             nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1),  # H/4
             ResBlock(2 * c, 2 * c),
-            nn.GroupNorm(8, 2 * c),
+            GroupNorm(8, 2 * c),
             nn.SiLU(),
             nn.Conv2d(2 * c, 2 * z, 1),
         )
@@ -169,29 +203,32 @@ class Autoencoder(nn.Module):
             nn.Upsample(scale_factor=2, mode="nearest"),
             nn.Conv2d(2 * c, c, 3, padding=1),
             ResBlock(c, c),
-            nn.GroupNorm(8, c),
+            GroupNorm(8, c),
             nn.SiLU(),
             nn.Conv2d(c, 1, 3, padding=1),
         )
 
     def encode(self, x):
-        mean, log_var = self.encoder(x).chunk(2, dim=1)
+        mean, log_var = upcast(self.encoder(x)).chunk(2, dim=1)
         return mean, log_var.clamp(-20, 10)
 
     def decode(self, z):
-        return torch.sigmoid(self.decoder(z))
+        return torch.sigmoid(upcast(self.decoder(z)))
 
-    def loss(self, x, kl_weight: float):
+    def loss(self, x, kl_weight: float, noise):
         """Binary cross-entropy + kl_weight * KL(q(z|x) || N(0, I)), summed per image, batch mean.
 
-        KL = 1/2 sum (mu^2 + sigma^2 - log sigma^2 - 1); z = mu + sigma * eps (reparameterised).
+        KL = 1/2 sum (mu^2 + sigma^2 - log sigma^2 - 1); z = mu + sigma * noise (reparameterised),
+        noise ~ N(0, I) shaped like the latent, drawn by the caller.
         """
         mean, log_var = self.encode(x)
-        z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-        logits = self.decoder(z)
+        z = mean + torch.exp(0.5 * log_var) * noise
+        logits = upcast(self.decoder(z))
         reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
         kl = 0.5 * (mean**2 + log_var.exp() - log_var - 1).sum() / len(x)
         return reconstruction + kl_weight * kl, reconstruction, kl
+
+    forward = loss  # what DistributedDataParallel calls: it averages the gradients of this
 
 
 # ----------------------------------------------------------------------------- 4. U-Net
@@ -212,9 +249,9 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, n_heads: int, text_dim: int):
         super().__init__()
-        self.norm_in = nn.GroupNorm(8, channels)
+        self.norm_in = GroupNorm(8, channels)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(channels) for _ in range(3))
+        self.norm1, self.norm2, self.norm3 = (LayerNorm(channels) for _ in range(3))
         self.self_attention = Attention(channels, n_heads)
         self.cross_attention = Attention(channels, n_heads, context_dim=text_dim)
         self.ff = FeedForward(channels)
@@ -263,14 +300,14 @@ class UNet(nn.Module):
         )
         self.up1 = ResBlock(2 * c, c, self.time_dim)
         self.attn_up1 = SpatialTransformer(c, heads, d)
-        self.norm_out = nn.GroupNorm(8, c)
+        self.norm_out = GroupNorm(8, c)
         self.conv_out = nn.Conv2d(c, z, 3, padding=1)
         self.base_channels = c
 
     def forward(self, z_t, t, text, text_mask):
         """z_t (B, c, h, w) noisy latents; t (B,) steps; text (B, T, D) -> noise (B, c, h, w)."""
-        weights = text_mask[..., None].to(text.dtype)
-        pooled = (text * weights).sum(1) / weights.sum(1)  # (B, D) mean over real tokens
+        weights = upcast(text_mask[..., None].to(text.dtype))
+        pooled = (upcast(text) * weights).sum(1) / weights.sum(1)  # (B, D) mean over real tokens
         emb = self.time_mlp(timestep_embedding(t, self.base_channels)) + self.text_pool(pooled)
         h1 = self.conv_in(z_t)  # (B, C, h, w)
         h1 = self.attn_down1(self.down1(h1, emb), text, text_mask)
@@ -337,12 +374,15 @@ class StableDiffusion(nn.Module):
         a = self.alpha_bar[t][:, None, None, None]
         return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
-    def diffusion_loss(self, z0, ids, mask):
-        """E_{t, eps} || eps - eps_theta(z_t, t, text) ||^2 (DDPM's simplified objective)."""
-        t = torch.randint(0, self.cfg.timesteps, (len(z0),), device=z0.device)
-        noise = torch.randn_like(z0)
+    def diffusion_loss(self, z0, ids, mask, t, noise):
+        """E_{t, eps} || eps - eps_theta(z_t, t, text) ||^2 (DDPM's simplified objective), for
+        steps t (B,) uniform in [0, timesteps) and noise eps ~ N(0, I) like z0, drawn by the caller.
+        """
         text = self.text_encoder(ids, mask)
-        return F.mse_loss(self.unet(self.q_sample(z0, t, noise), t, text, mask), noise)
+        predicted = self.unet(self.q_sample(z0, t, noise), t, text, mask)
+        return F.mse_loss(upcast(predicted), noise)
+
+    forward = diffusion_loss  # what DistributedDataParallel calls (the frozen autoencoder aside)
 
     @torch.no_grad()
     def sample(

@@ -9,6 +9,7 @@ and check with a digit classifier (shared.metrics) that the right digit is in th
 
     python train.py
     python train.py --preset mnist --data-dir DATA     # real MNIST digits, 28x28 each
+    torchrun --standalone --nproc_per_node 2 train.py  # the same run, split over 2 processes
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.logging import progress, start_run
 from shared.metrics import get_judge
 from shared.runtime import (
+    PRECISION_HELP,
+    PRECISIONS,
     check_fits_in_memory,
     count_parameters,
-    get_device,
+    init_distributed,
+    mixed_precision,
     seed_everything,
     set_threads,
 )
@@ -73,9 +77,18 @@ class TrainConfig(RunConfig):
     canvas: int = arg(24, "canvas side in pixels; each digit fills a quarter (a multiple of 8)")
     ae_steps: int = arg(400, "autoencoder training steps", min=1)
     unet_steps: int = arg(1800, "text encoder + U-Net training steps", min=1)
-    batch_size: int = arg(64, "images per step", min=1)
-    ae_lr: float = arg(1e-3, "autoencoder learning rate (Adam)", min=0, min_inclusive=False)
-    lr: float = arg(2e-3, "U-Net and text encoder peak learning rate", min=0, min_inclusive=False)
+    batch_size: int = arg(
+        64, "images per step: the global batch, split over torchrun processes", min=1
+    )
+    ae_lr: float = arg(
+        1e-3, "autoencoder learning rate (Adam), for the global batch", min=0, min_inclusive=False
+    )
+    lr: float = arg(
+        2e-3,
+        "U-Net and text encoder peak learning rate, for the global batch",
+        min=0,
+        min_inclusive=False,
+    )
     kl_weight: float = arg(1e-3, "weight of the autoencoder's KL term", min=0)
     caption_dropout: float = arg(
         0.1, "share of captions replaced by the empty prompt", min=0, max=1
@@ -86,6 +99,7 @@ class TrainConfig(RunConfig):
     ae_channels: int = arg(16, "autoencoder width", min=8)
     unet_channels: int = arg(32, "U-Net width (a multiple of 8: GroupNorm's groups)", min=8)
     checkpoint_every: int = arg(500, "steps (of both stages together) between checkpoints", min=1)
+    precision: str = arg("auto", PRECISION_HELP, choices=PRECISIONS)
     threads: int = arg(1, "torch CPU threads (0: torch's default, one per core)", min=0)
 
     def check(self):
@@ -171,13 +185,54 @@ def evaluate(model, tokenizer, judge, cfg, guidance, device):
     }
 
 
+class Batches:
+    """Training batches for torchrun: every process draws the same global batch of --batch-size
+    from the same generator and keeps its own contiguous share (all of it in one process)."""
+
+    def __init__(self, data: CaptionedDigits, tokenizer: Tokenizer, rng, cfg: TrainConfig, dist):
+        self.data, self.tokenizer, self.rng, self.cfg, self.dist = data, tokenizer, rng, cfg, dist
+
+    def images(self) -> torch.Tensor:
+        """This process's images, (B / N, 1, H, W) of a global B over N processes."""
+        return self._draw()[0]
+
+    def captioned_images(self):
+        """Images and their captions as token ids and masks (B / N, T), cfg.caption_dropout of
+        the captions replaced by the empty prompt: learn p(z) beside p(z | text)."""
+        images, captions = self._draw()
+        dropped = self.dist.shard(self.rng.random(self.cfg.batch_size) < self.cfg.caption_dropout)
+        captions = ["" if drop else text for drop, text in zip(dropped, captions)]
+        ids, mask = (self._to_device(a) for a in self.tokenizer.encode_batch(captions))
+        return images, ids, mask
+
+    def _draw(self):
+        images, captions, _, _ = self.data.sample(
+            self.cfg.batch_size, self.rng, keep=self.dist.shard
+        )
+        return self._to_device(images), captions
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.dist.device)
+
+    def noise(self, *shape) -> torch.Tensor:
+        """This process's share of N(0, I) noise (B, *shape), drawn for the global batch."""
+        return self.dist.shard(torch.randn(self.cfg.batch_size, *shape)).to(self.dist.device)
+
+    def time_steps(self, timesteps: int) -> torch.Tensor:
+        """This process's share of t ~ U{0, ..., timesteps - 1} (B,), drawn for the global batch."""
+        t = torch.randint(0, timesteps, (self.cfg.batch_size,))
+        return self.dist.shard(t).to(self.dist.device)
+
+
 def main(cfg: TrainConfig) -> dict:
     if cfg.dry_run:
         cfg = dry_run_config(cfg)
+    dist = init_distributed(cfg.device)  # one process unless started by torchrun
+    device = dist.device
     ckpt = load_for_resume(cfg, PROJECT, CHECKPOINT, must_match=MUST_MATCH)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # alike in every process: each draws the global batch's noise
     set_threads(cfg.threads)
-    device = get_device(cfg.device)
+    amp = mixed_precision(cfg.precision, device)
     rng = np.random.default_rng(cfg.seed)  # which digits, corners, wordings and dropped captions
 
     tokenizer = Tokenizer()
@@ -189,62 +244,83 @@ def main(cfg: TrainConfig) -> dict:
         unet_channels=cfg.unet_channels,
     )
     check_memory(model_cfg, cfg, device)
+    dist.shard(range(cfg.batch_size))  # a batch that does not split stops here, before any file
     train = CaptionedDigits("train", cfg.canvas, cfg.dataset, cfg.data_dir)
-    run = start_run("text-to-image latent diffusion (digits in corners)", cfg, PROJECT)
+    task = "text-to-image latent diffusion (digits in corners)"
+    run = start_run(task, cfg, PROJECT, is_main=dist.is_main)  # only rank 0 writes
     model = StableDiffusion(model_cfg).to(device)
     ae_optimizer = torch.optim.Adam(model.autoencoder.parameters(), lr=cfg.ae_lr)
     diffusion_params = [*model.unet.parameters(), *model.text_encoder.parameters()]
     optimizer = torch.optim.AdamW(diffusion_params, lr=cfg.lr, weight_decay=0.01)
     parts = dict(model=model, ae_optimizer=ae_optimizer, optimizer=optimizer, data_rng=rng)
-    state = TrainingState(run.path / CHECKPOINT, cfg, **parts)
-    start = state.restore(ckpt)
-    total = cfg.ae_steps + cfg.unet_steps
+    if amp.scaler is not None:  # fp16's loss scale
+        parts["scaler"] = amp.scaler
+    state = TrainingState(run.path / CHECKPOINT, cfg, dist=dist, **parts)
+    start = state.restore(ckpt)  # in every process: the same parts, its own global generators
+    batches = Batches(train, tokenizer, rng, cfg, dist)
 
-    def save(step: int) -> None:  # what inference.py needs beside the training state
+    def save(step: int) -> None:  # in every process; what inference.py needs beside the state
         state.save(step, config=asdict(model_cfg), vocab=tokenizer.vocab)
 
-    def batch(n):
-        images, captions, _, _ = train.sample(n, rng)
-        return torch.from_numpy(images).to(device), captions
+    train_autoencoder(model, ae_optimizer, batches, save, start, cfg, dist, amp, run)
+    model.autoencoder.eval().requires_grad_(False)  # frozen from here on
+    if start < cfg.ae_steps:  # a run resumed later keeps the scale its checkpoint holds
+        images = train.sample(512, rng)[0]  # the same 512 in every process
+        set_latent_scale(model, torch.from_numpy(images).to(device))
+        save(cfg.ae_steps)
+    train_diffusion(model, optimizer, batches, save, start, cfg, dist, amp, run)
 
-    # Stage 1: the autoencoder, on reconstruction + kl_weight * KL.
+    metrics = finish(run, model, tokenizer, cfg, device) if dist.is_main else {}
+    dist.close()
+    return metrics
+
+
+def train_autoencoder(model, optimizer, batches, save, start, cfg, dist, amp, run) -> None:
+    """Stage 1: the autoencoder, on reconstruction + kl_weight * KL, averaged over processes."""
+    autoencoder = dist.wrap(model.autoencoder)  # DistributedDataParallel under torchrun
+    latent_shape = (model.cfg.latent_channels, cfg.canvas // 4, cfg.canvas // 4)
     model.autoencoder.train()
-    for step in progress(range(start, cfg.ae_steps), desc="autoencoder"):
-        images, _ = batch(cfg.batch_size)
-        loss, reconstruction, kl = model.autoencoder.loss(images, cfg.kl_weight)
-        ae_optimizer.zero_grad()
-        loss.backward()
-        ae_optimizer.step()
+    steps = range(start, cfg.ae_steps)
+    for step in progress(steps, desc="autoencoder", disable=not dist.is_main):
+        images = batches.images()
+        noise = batches.noise(*latent_shape)  # z = mu + sigma * noise
+        with amp.autocast():
+            loss, reconstruction, kl = autoencoder(images, cfg.kl_weight, noise)
+        optimizer.zero_grad()
+        amp.backward(loss)
+        amp.step(optimizer)
+        reconstruction, kl = (dist.all_reduce_mean(x.item()) for x in (reconstruction, kl))
         run.log(step=step + 1, stage="autoencoder", reconstruction=reconstruction, kl=kl)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.ae_steps:
             save(step + 1)
-    model.autoencoder.eval().requires_grad_(False)  # frozen from here on
-    if start < cfg.ae_steps:  # a run resumed later keeps the scale its checkpoint holds
-        set_latent_scale(model, batch(512)[0])
-        save(cfg.ae_steps)
 
-    # Stage 2: text encoder + U-Net on E || eps - eps_theta(z_t, t, text) ||^2.
+
+def train_diffusion(model, optimizer, batches, save, start, cfg, dist, amp, run) -> None:
+    """Stage 2: text encoder + U-Net on E || eps - eps_theta(z_t, t, text) ||^2 over the frozen
+    autoencoder's latents; DistributedDataParallel averages the gradients of the two."""
+    denoiser = dist.wrap(model)  # its forward is the diffusion loss; frozen parameters stay out
+    trained = [*model.unet.parameters(), *model.text_encoder.parameters()]
     model.unet.train()
     model.text_encoder.train()
-    for step in progress(range(max(start, cfg.ae_steps), total), desc="diffusion"):
+    total = cfg.ae_steps + cfg.unet_steps
+    steps = range(max(start, cfg.ae_steps), total)
+    for step in progress(steps, desc="diffusion", disable=not dist.is_main):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step - cfg.ae_steps, cfg)
-        images, captions = batch(cfg.batch_size)
-        dropped = rng.random(len(captions)) < cfg.caption_dropout  # learn p(z) beside p(z | text)
-        captions = ["" if drop else text for drop, text in zip(dropped, captions)]
-        ids, mask = (torch.from_numpy(a).to(device) for a in tokenizer.encode_batch(captions))
+        images, ids, mask = batches.captioned_images()
         with torch.no_grad():
             z0 = model.to_latent(images)
-        loss = model.diffusion_loss(z0, ids, mask)
+        t, noise = batches.time_steps(model.cfg.timesteps), batches.noise(*z0.shape[1:])
+        with amp.autocast():
+            loss = denoiser(z0, ids, mask, t, noise)
         optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(diffusion_params, 1.0)
-        optimizer.step()
-        run.log(step=step + 1, stage="diffusion", loss=loss)
+        amp.backward(loss)
+        amp.unscale(optimizer)  # clip the true gradient, not fp16's scaled one
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        amp.step(optimizer)
+        run.log(step=step + 1, stage="diffusion", loss=dist.all_reduce_mean(loss.item()))
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == total:
             save(step + 1)
-
-    return finish(run, model, tokenizer, cfg, device)
 
 
 def finish(run, model, tokenizer, cfg: TrainConfig, device) -> dict:

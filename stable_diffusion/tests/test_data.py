@@ -63,3 +63,15 @@ def test_canonical_prompts_cover_all_corners():
     assert [canonical_prompt(3, c).split(" in the ")[1] for c in range(4)] == [
         f"{corner} corner" for corner in CORNERS
     ]
+
+
+def test_a_shard_of_a_sample_is_that_part_of_the_whole_and_moves_rng_alike():
+    data = CaptionedDigits("train")
+    whole_rng, shard_rng = np.random.default_rng(3), np.random.default_rng(3)
+    images, captions, digits, corners = data.sample(8, whole_rng)
+    part = data.sample(8, shard_rng, keep=lambda batch: batch[4:8])  # rank 1 of 2
+    np.testing.assert_array_equal(part[0], images[4:8])
+    assert part[1] == captions[4:8]
+    np.testing.assert_array_equal(part[2], digits[4:8])
+    np.testing.assert_array_equal(part[3], corners[4:8])
+    assert whole_rng.random() == shard_rng.random()  # the next global batch is the same too
