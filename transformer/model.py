@@ -42,18 +42,29 @@ class TransformerConfig:
 # ----------------------------------------------------------------------------- attention
 
 
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 if it is bf16 or fp16 (what matrix products give under autocast), else as is.
+
+    Sums of exponentials, means and variances lose digits in a 16-bit type (bf16 keeps 8 bits
+    of mantissa), so the softmax, the LayerNorm statistics and the losses are computed on this;
+    float64 (the tests against torch) stays float64.
+    """
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 def scaled_dot_product_attention(q, k, v, mask=None, dropout_p=0.0, training=False):
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V   (paper, equation 1).
 
     q: (B, H, Tq, D), k and v: (B, H, Tk, D); mask: bool, broadcastable to (B, H, Tq, Tk),
     True where a query may look at a key. Returns the output (B, H, Tq, D) and the weights.
+    The two products run in autocast's type; the scaling, mask and softmax in float32.
     """
     d_k = q.size(-1)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (B, H, Tq, Tk)
+    scores = full_precision(q @ k.transpose(-2, -1)) / math.sqrt(d_k)  # (B, H, Tq, Tk)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # exp(-inf) = 0: no weight at all
     weights = scores.softmax(dim=-1)
-    out = F.dropout(weights, dropout_p, training) @ v  # (B, H, Tq, D)
+    out = F.dropout(weights, dropout_p, training).to(v.dtype) @ v  # (B, H, Tq, D)
     return out, weights
 
 
@@ -172,6 +183,7 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., C)
+        x = full_precision(x)  # the statistics, and so the output, in float32 under autocast
         mean = x.mean(dim=-1, keepdim=True)
         var = (x - mean).square().mean(dim=-1, keepdim=True)
         return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
@@ -307,17 +319,22 @@ class Decoder(nn.Module):
         return self.norm(y), self_weights, cross_weights
 
 
-def label_smoothed_cross_entropy(logits, targets, smoothing: float, ignore_index: int):
-    """Cross-entropy against (1 - eps) one-hot + eps uniform, averaged over non-padding targets.
+def label_smoothed_cross_entropy(
+    logits, targets, smoothing: float, ignore_index: int, reduction: str = "mean"
+):
+    """Cross-entropy against (1 - eps) one-hot + eps uniform, averaged over non-padding targets
+    (reduction "sum": summed over them).
 
     -sum_v q(v) log p(v) = (1 - eps) (-log p(y)) + eps mean_v(-log p(v))   (paper, 5.4)
     logits: (N, V), targets: (N,).
     """
-    log_p = logits.log_softmax(dim=-1)
+    log_p = full_precision(logits).log_softmax(dim=-1)
     nll = -log_p.gather(-1, targets.clamp(min=0)[:, None]).squeeze(-1)  # (N,)
     uniform = -log_p.mean(dim=-1)  # (N,)
     loss = (1.0 - smoothing) * nll + smoothing * uniform
     keep = targets != ignore_index
+    if reduction == "sum":
+        return loss[keep].sum()
     return loss[keep].sum() / keep.sum().clamp(min=1)
 
 
@@ -382,14 +399,15 @@ class Seq2SeqTransformer(nn.Module):
         )
         return self.out_proj(y), self_w, cross_w
 
-    def forward(self, src, tgt_in, targets=None, label_smoothing: float = 0.0):
+    def forward(self, src, tgt_in, targets=None, label_smoothing: float = 0.0, reduction="mean"):
         memory, src_mask, _ = self.encode(src)
         logits, _, _ = self.decode(tgt_in, memory, src_mask)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = label_smoothed_cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), label_smoothing, self.cfg.pad_id
-            )
+                logits.flatten(0, 1), targets.flatten(), label_smoothing, self.cfg.pad_id,
+                reduction,
+            )  # fmt: skip
         return logits, loss
 
     def decode_step(self, token, memory, src_mask, caches, position: int):
@@ -509,12 +527,14 @@ class TransformerClassifier(TextEncoder):
         super().__init__(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
 
-    def forward(self, tokens, targets=None):  # tokens: (B, L)
+    def forward(self, tokens, targets=None, reduction: str = "mean"):  # tokens: (B, L)
         h, _, mask = self.encode(tokens)  # (B, L, C)
         keep = mask[:, 0, 0, :, None].to(h.dtype)  # (B, L, 1)
         pooled = (h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)  # (B, C)
         logits = self.head(pooled)  # (B, n_classes)
-        loss = None if targets is None else F.cross_entropy(logits, targets)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(full_precision(logits), targets, reduction=reduction)
         return logits, loss
 
 
@@ -529,16 +549,18 @@ class MaskedLanguageModel(TextEncoder):
         super().__init__(cfg)
         self.out_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
-    def forward(self, tokens, targets=None):
+    def forward(self, tokens, targets=None, reduction: str = "mean"):
         """tokens (B, L) with some replaced; targets (B, L): the original token where one was
-        selected, pad elsewhere (not scored). Returns logits (B, L, V) and the mean loss."""
+        selected, pad elsewhere (not scored). Returns logits (B, L, V) and the loss over the
+        selected tokens (their mean; reduction "sum": their sum)."""
         h, _, _ = self.encode(tokens)
         logits = h @ self.embed.weight.T + self.out_bias  # (B, L, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), ignore_index=self.cfg.pad_id
-            )
+                full_precision(logits).flatten(0, 1), targets.flatten(),
+                ignore_index=self.cfg.pad_id, reduction=reduction,
+            )  # fmt: skip
         return logits, loss
 
 

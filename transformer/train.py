@@ -7,10 +7,13 @@
     python train.py --task classify --csv news.csv   # label,text rows
     python train.py --task mlm --out runs/mlm        # BERT-style pre-training of the encoder
     python train.py --task classify --init-from runs/mlm/model.pt   # ... then fine-tuning
+    torchrun --standalone --nproc_per_node 2 train.py                # two processes, one batch
 
 The recipe is the paper's (section 5): teacher forcing, cross-entropy with label smoothing,
 Adam (beta2 0.98, eps 1e-9) with the warm-up schedule lr = d^-0.5 min(s^-0.5, s w^-1.5),
-and (not in the paper, cheap insurance) gradient clipping.
+and (not in the paper, cheap insurance) gradient clipping. Under torchrun every process draws
+the same global batch of step s (a generator seeded by (seed, s)) and trains on its own slice
+of it; DistributedDataParallel averages the gradients, so N processes take the steps of one.
 """
 
 from __future__ import annotations
@@ -52,9 +55,12 @@ from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.errors import CheckpointError, DataError, UserError
 from shared.logging import progress, start_run
 from shared.runtime import (
+    PRECISION_HELP,
+    PRECISIONS,
     check_fits_in_memory,
     count_parameters,
-    get_device,
+    init_distributed,
+    mixed_precision,
     seed_everything,
     set_threads,
 )
@@ -100,9 +106,10 @@ class TrainConfig(RunConfig):
                 eval_interval=500,
                 eval_size=1000,
                 average_last=500,
-            ),  # fmt: skip
+                threads=2,
+            ),
             anchor="the paper's base model: 38.1 BLEU on WMT14 EN-FR (newstest2014)",
-            report=("bleu", "cer"),
+            report=("exact_match", "cer"),
         )
     }
     task: str = arg("translate", "translate (encoder-decoder), classify (encoder only), or mlm "
@@ -136,11 +143,17 @@ class TrainConfig(RunConfig):
     share_embeddings: bool = arg(True, "one table for source, target and output projection")
     fused_attention: bool = arg(False, "use F.scaled_dot_product_attention (tested equal)")
     # optimisation (1,200 steps of 64 pairs: about 3 minutes on one CPU core)
-    batch_size: int = arg(64, "sentence pairs per step", min=1)
+    batch_size: int = arg(
+        64, "examples per step: the global batch, split over torchrun processes", min=1
+    )
     max_iters: int = arg(1200, "optimizer steps", min=1)
     warmup_iters: int = arg(200, "steps of warm-up in the paper's schedule", min=1)
     lr_scale: float = arg(
-        1.0, "factor on the paper's learning-rate schedule", min=0, min_inclusive=False
+        1.0,
+        "factor on the paper's learning-rate schedule, which is for the global batch (the same "
+        "for any number of processes)",
+        min=0,
+        min_inclusive=False,
     )
     label_smoothing: float = arg(0.1, "label smoothing epsilon", min=0, max=0.99)
     grad_clip: float = arg(1.0, "clip the gradient norm to this (0: no clipping)", min=0)
@@ -151,6 +164,7 @@ class TrainConfig(RunConfig):
     # evaluation, speed
     eval_interval: int = arg(400, "steps between evaluations and checkpoints", min=1)
     eval_size: int = arg(1000, "held-out examples decoded at each evaluation", min=1)
+    precision: str = arg("auto", PRECISION_HELP, choices=PRECISIONS)
     # A model this small gains little from a second thread, and when the other core is busy
     # threads that spin waiting for each other lose a lot (measured here with another job
     # running: 186 ms per step with one thread, 1.1 to 2.9 s with two).
@@ -290,10 +304,11 @@ def build_model(task: str, model_config: TransformerConfig, vocab):
     return MaskedLanguageModel(model_config)
 
 
-def check_memory(cfg: TrainConfig, model_config: TransformerConfig, device) -> None:
-    """Stop with one line, before allocating, when the model and one batch cannot fit."""
+def check_memory(cfg: TrainConfig, model_config: TransformerConfig, dist) -> None:
+    """Stop with one line, before allocating, when the model and one process's share of a batch
+    cannot fit."""
     n_params = count_parameters(lambda: build_model(cfg.task, model_config, CharVocab([])))
-    B, L, C = cfg.batch_size, model_config.max_len, cfg.d_model
+    B, L, C = cfg.batch_size // dist.world_size, model_config.max_len, cfg.d_model
     attentions = cfg.n_encoder_layers + (2 * cfg.n_decoder_layers if cfg.task == "translate" else 0)
     # per attention sub-layer and position: about 10 C-wide activations kept for backward, the
     # FFN's two d_ff-wide ones, the H scores and weights against every key (x 2 for softmax)
@@ -301,9 +316,10 @@ def check_memory(cfg: TrainConfig, model_config: TransformerConfig, device) -> N
     logits = 3 * B * L * model_config.vocab_size  # logits, log-softmax, their gradient
     # weights, gradients, Adam's two moments, the running average: 5 copies of the parameters
     n_bytes = 4 * (5 * n_params + attentions * per_layer + logits)
-    what = (f"--d-model {C} --d-ff {cfg.d_ff} --n-head {cfg.n_head} --batch-size {B} "
-            f"(sequences of {L})")  # fmt: skip
-    check_fits_in_memory(n_bytes, what, device)
+    share = f", {B} per process" if dist.world_size > 1 else ""
+    what = (f"--d-model {C} --d-ff {cfg.d_ff} --n-head {cfg.n_head} --batch-size "
+            f"{cfg.batch_size} (sequences of {L}{share})")  # fmt: skip
+    check_fits_in_memory(n_bytes, what, dist.device)
 
 
 def load_pretrained(cfg: TrainConfig) -> dict | None:
@@ -327,20 +343,53 @@ def start_from_pretrained(model: TransformerClassifier, pretrained: dict) -> Non
     assert unexpected == ["out_bias"] and all(k.startswith("head.") for k in missing)
 
 
-def batch_loss(model, batch, vocab, cfg: TrainConfig, generator, device):
-    """The loss of one batch: label-smoothed teacher forcing, cross-entropy, or masked tokens."""
+def summed_loss(model, batch, vocab, cfg: TrainConfig, generator, dist):
+    """This process's slice of the global batch: its loss summed over the terms of the mean
+    (target characters, texts, or masked characters), and how many terms there are.
+
+    Label-smoothed teacher forcing, cross-entropy, or the masked tokens. The masks of --task mlm
+    are drawn for the whole global batch, as one process draws them, and each keeps its rows.
+    """
+    device = dist.device
     if cfg.task == "translate":
-        src, tgt_in, tgt_out = translation_batch(batch, vocab, device)
-        return model(src, tgt_in, tgt_out, label_smoothing=cfg.label_smoothing)[1]
+        src, tgt_in, tgt_out = translation_batch(dist.shard(batch), vocab, device)
+        loss = model(src, tgt_in, tgt_out, label_smoothing=cfg.label_smoothing, reduction="sum")
+        return loss[1], int((tgt_out != vocab.pad_id).sum())
     if cfg.task == "classify":
-        tokens = pad_batch([vocab.encode(t) for t, _ in batch], vocab.pad_id, device)
-        return model(tokens, torch.tensor([y for _, y in batch], device=device))[1]
-    tokens = pad_batch([vocab.encode(w) for w in batch], vocab.pad_id, device)
+        mine = dist.shard(batch)
+        tokens = pad_batch([vocab.encode(t) for t, _ in mine], vocab.pad_id, device)
+        labels = torch.tensor([y for _, y in mine], device=device)
+        return model(tokens, labels, reduction="sum")[1], len(mine)
+    tokens = pad_batch([vocab.encode(w) for w in batch], vocab.pad_id, "cpu")  # the generator's
     mask_id = vocab.bos_id  # the encoder never reads bos: it serves as [MASK]
     corrupted, targets = mask_tokens(
         tokens, generator, vocab.first_id, mask_id, len(vocab), vocab.pad_id
     )
-    return model(corrupted, targets)[1]
+    corrupted, targets = dist.shard(corrupted).to(device), dist.shard(targets).to(device)
+    return model(corrupted, targets, reduction="sum")[1], int((targets != vocab.pad_id).sum())
+
+
+def train_step(model, optimizer, amp, batch, vocab, cfg: TrainConfig, generator, dist) -> float:
+    """One optimizer step on the global batch; returns its loss, the mean over all its terms.
+
+    Each process holds a different number of target characters (its sentences differ in length;
+    --task mlm masks a random number of characters), so the mean over its own would weigh a
+    character of a short slice more than one of a long slice, and the average of those means
+    is not the mean over the global batch. Instead each process divides its sum by the global
+    count n (all-reduced) and multiplies by the number of processes N: DDP averages the
+    gradients, (1 / N) sum_r N grad(sum_r) / n = grad(sum of all terms) / n, exactly the
+    gradient of one process's mean over the whole batch.
+    """
+    with amp.autocast():
+        loss_sum, count = summed_loss(model, batch, vocab, cfg, generator, dist)
+    n = max(1.0, dist.all_reduce_mean(count) * dist.world_size)  # terms of the global batch
+    optimizer.zero_grad(set_to_none=True)
+    amp.backward(loss_sum * dist.world_size / n)
+    if cfg.grad_clip > 0:
+        amp.unscale(optimizer)  # clip the true gradient, not the fp16-scaled one
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    amp.step(optimizer)
+    return dist.all_reduce_mean(loss_sum.item()) * dist.world_size / n
 
 
 def draw_batch(train, cfg: TrainConfig, generator: torch.Generator) -> list:
@@ -369,34 +418,42 @@ def shown(result: dict) -> dict:
 
 def main(cfg: TrainConfig) -> dict:
     cfg = dry_run_config(cfg) if cfg.dry_run else cfg
+    dist = init_distributed(cfg.device)  # one process, or this one's place in a torchrun job
     set_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    device = get_device(cfg.device)
+    seed_everything(cfg.seed + dist.rank)  # each process its own dropout masks
+    device = dist.device
+    amp = mixed_precision(cfg.precision, device)
 
     # 1. Data, the model's size, and the checkpoint to resume from, all checked before the
     # run folder is made: a bad file or flag leaves runs/ as it was.
+    dist.shard(range(cfg.batch_size))  # a global batch that does not split is refused here
     pretrained = load_pretrained(cfg)
     train, test, vocab, labels = load_data(cfg, pretrained)
     max_len = sequence_length(cfg, train, test, vocab, pretrained)
     model_config = make_model_config(cfg, vocab, max_len, len(labels))
-    check_memory(cfg, model_config, device)
+    check_memory(cfg, model_config, dist)
     ckpt = load_for_resume(cfg, PROJECT_DIR, CHECKPOINT, must_match=MUST_MATCH)
-    run = start_run(TASKS[cfg.task][0], cfg, PROJECT_DIR)
+    run = start_run(TASKS[cfg.task][0], cfg, PROJECT_DIR, is_main=dist.is_main)
 
-    # 2. The model, the running mean of its weights (the paper averages its last checkpoints,
-    # 6.1), and Adam with the paper's betas and epsilon (5.3).
-    model = build_model(cfg.task, model_config, vocab).to(device)
+    # 2. The model (DDP gives every process rank 0's initial weights), the running mean of its
+    # weights (the paper averages its last checkpoints, 6.1), and Adam with the paper's betas
+    # and epsilon (5.3). Rank 0 alone evaluates, prints and writes.
+    raw_model = build_model(cfg.task, model_config, vocab).to(device)
     if pretrained:
-        start_from_pretrained(model, pretrained)
-    average = copy.deepcopy(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
-    state = TrainingState(run.path / CHECKPOINT, cfg, model=model, average=average,
-                          optimizer=optimizer)  # fmt: skip
-    start = state.restore(ckpt)
-    if ckpt is not None:
-        print(f"resuming {ckpt['path']} at step {start}")
-    print(f"{model.num_params():,} parameters, {len(vocab)} {VOCABULARY_NAMES[vocab.kind]}, "
-          f"{len(train):,} training and {len(test):,} held-out examples")  # fmt: skip
+        start_from_pretrained(raw_model, pretrained)
+    model = dist.wrap(raw_model)
+    average = copy.deepcopy(raw_model)
+    optimizer = torch.optim.Adam(raw_model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
+    scaler = {"scaler": amp.scaler} if amp.scaler else {}  # fp16 only
+    state = TrainingState(run.path / CHECKPOINT, cfg, dist=dist, model=raw_model,
+                          average=average, optimizer=optimizer, **scaler)  # fmt: skip
+    start = state.restore(ckpt)  # under torchrun each process gets its own generators back
+    if dist.is_main:
+        if ckpt is not None:
+            print(f"resuming {ckpt['path']} at step {start}")
+        print(f"{raw_model.num_params():,} parameters, {len(vocab)} "
+              f"{VOCABULARY_NAMES[vocab.kind]}, {len(train):,} training and {len(test):,} "
+              "held-out examples")  # fmt: skip
     # what inference.py needs besides the weights
     examples = [x if isinstance(x, str) else x[0] for x in test[:5]]
     about = dict(task=cfg.task, model_config=dataclasses.asdict(model_config), tokens=vocab.kind,
@@ -405,33 +462,36 @@ def main(cfg: TrainConfig) -> dict:
 
     # 3. Training: teacher forcing, label smoothing, warm-up schedule, clipping.
     result = None
-    for step in progress(range(start, cfg.max_iters), desc="train"):
+    for step in progress(range(start, cfg.max_iters), desc="train", disable=not dist.is_main):
         lr = noam_lr(step + 1, cfg.d_model, cfg.warmup_iters, cfg.lr_scale)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        generator = batch_generator(step, cfg.seed)
-        batch = draw_batch(train, cfg, generator)
-        loss = batch_loss(model, batch, vocab, cfg, generator, device)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        generator = batch_generator(step, cfg.seed)  # the same on every process
+        batch = draw_batch(train, cfg, generator)  # the global batch
+        loss = train_step(model, optimizer, amp, batch, vocab, cfg, generator, dist)
         if step >= window:
-            update_average(average, model, n=step + 1 - window)
-        run.log(step=step + 1, loss=loss.item(), lr=lr)
+            update_average(average, raw_model, n=step + 1 - window)
+        run.log(step=step + 1, loss=loss, lr=lr)
         if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.max_iters:
-            result = evaluate(model, test, vocab, cfg, device)
-            run.log(step=step + 1, **shown(result))
-            print(f"step {step + 1}: loss {loss.item():.4f}, "
-                  + ", ".join(f"{k} {v:.4f}" for k, v in shown(result).items()))  # fmt: skip
-            state.save(step + 1, averaged_steps=max(0, step + 1 - window), **about)
-    return finish(run, cfg, model, average, result, test, vocab, device)
+            if dist.is_main:
+                result = evaluate(raw_model, test, vocab, cfg, device)
+                run.log(step=step + 1, **shown(result))
+                print(f"step {step + 1}: loss {loss:.4f}, "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in shown(result).items()))  # fmt: skip
+            state.save(step + 1, averaged_steps=max(0, step + 1 - window), **about)  # every rank
+    metrics = {}
+    if dist.is_main:
+        metrics = finish(run, cfg, raw_model, average, result, test, vocab, dist)
+    dist.close()
+    return metrics
 
 
-def finish(run, cfg: TrainConfig, model, average, result, test, vocab, device) -> dict:
+def finish(run, cfg: TrainConfig, model, average, result, test, vocab, dist) -> dict:
     """4. The final model (the average, if any), its held-out scores, figures and examples."""
-    score_name = TASKS[cfg.task][1]
+    device = dist.device
+    # Real sentences have many right translations: BLEU against all of them is the headline.
+    real = cfg.task == "translate" and (bool(cfg.pairs_file) or cfg.dataset != "generated")
+    score_name = "bleu" if real else TASKS[cfg.task][1]
     n_averaged = min(cfg.average_last, cfg.max_iters)
     extra = {}
     final, result = model, result or evaluate(model, test, vocab, cfg, device)
@@ -450,7 +510,7 @@ def finish(run, cfg: TrainConfig, model, average, result, test, vocab, device) -
     if cfg.task == "translate":
         lines = report.write_examples(run.path / "examples.txt", test, result["hypotheses"])
         print("\n".join(lines[:10]))
-        extra.update(cer=result["cer"], bleu=result["bleu"])
+        extra.update(exact_match=result["exact_match"], cer=result["cer"], bleu=result["bleu"])
     if cfg.task == "mlm":
         extra.update(masked_loss=result["masked_loss"])
     return run.finish(
@@ -462,6 +522,7 @@ def finish(run, cfg: TrainConfig, model, average, result, test, vocab, device) -
         steps=cfg.max_iters,
         averaged_steps=n_averaged,
         held_out=len(test),
+        processes=dist.world_size,
     )
 
 

@@ -1,5 +1,6 @@
 """train.py and inference.py as a user runs them: dry runs, then the error cases."""
 
+import json
 import math
 from pathlib import Path
 
@@ -214,5 +215,8 @@ def test_a_word_level_dry_run_on_a_pairs_file_with_several_translations(tmp_path
                "--pairs-file", pairs, "--out", tmp_path / "run")  # fmt: skip
     scored = run_script(PROJECT, "inference.py", "--checkpoint", tmp_path / "run" / "model.pt",
                         "--pairs-file", pairs).stdout  # fmt: skip
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["metric"] == "bleu" and metrics["value"] == metrics["bleu"]  # real sentences
+    assert {"exact_match", "cer", "last_weights_bleu"} <= metrics.keys()
     assert "     va ! | file !" in scored  # every translation of "go." is a reference
     assert "13 English sentences (42 pairs; 0 skipped" in scored

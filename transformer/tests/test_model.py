@@ -119,6 +119,24 @@ def test_fused_attention_option_equals_hand_written_attention():
     assert torch.allclose(ours(x, x, mask)[0], fused(x, x, mask)[0], atol=1e-12)
 
 
+def test_the_key_bias_changes_no_output_and_gets_no_gradient():
+    # q . (k + b) = q . k + q . b: the key bias adds the same number to every score of a query,
+    # which the softmax ignores. Its gradient is zero but for rounding, which Adam (a step of
+    # about lr whatever the gradient's size) turns into full steps that change nothing.
+    torch.manual_seed(3)
+    attention = MultiHeadAttention(C, H).double()
+    x = torch.randn(2, 6, C, dtype=torch.float64)
+    kv = torch.randn(2, 5, C, dtype=torch.float64)
+    mask = ~key_padding([5, 3], 5)[:, None, None, :]
+    before = attention(x, kv, mask)[0]
+    before.square().sum().backward()
+    key_bias = attention.k_proj.bias
+    assert key_bias.grad.abs().max() < 1e-12 < attention.q_proj.bias.grad.abs().max()
+    with torch.no_grad():
+        key_bias.add_(torch.randn_like(key_bias))
+    assert torch.allclose(attention(x, kv, mask)[0], before, atol=1e-12)
+
+
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_encoder_layer_matches_torch_transformer_encoder_layer(norm_first):
     torch.manual_seed(2)
