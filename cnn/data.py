@@ -100,16 +100,25 @@ def standardise(x: np.ndarray, mean, std) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
-    """Random crop with zero padding (shifts of up to `pad` pixels) and, where mirror images
-    are still the same class (not for digits), random horizontal flips. x: (N, C, H, W)."""
+def draw_augmentation(rng: np.random.Generator, n: int, pad: int, flip: bool) -> np.ndarray:
+    """Each image's random crop offset and mirror flag, (n, 3) ints: dy, dx in [0, 2 pad] and
+    mirror in {0, 1}. Drawn for a whole global batch, so that every process draws the same
+    numbers and keeps those of its own images (mirroring only where a mirror image is still
+    the same class: not for digits)."""
+    offsets = rng.integers(0, 2 * pad + 1, size=(2, n)) if pad > 0 else np.zeros((2, n), int)
+    mirror = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    return np.column_stack([offsets[0], offsets[1], mirror])
+
+
+def augment(x: np.ndarray, draws: np.ndarray, pad: int) -> np.ndarray:
+    """Random crop with zero padding (shifts of up to `pad` pixels) and random horizontal
+    flips, as drawn by `draw_augmentation`. x: (N, C, H, W), draws: (N, 3)."""
     N, _, H, W = x.shape
+    dy, dx, mirror = draws.T
     out = x
     if pad > 0:
         padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-        dy, dx = rng.integers(0, 2 * pad + 1, size=(2, N))
         out = np.stack([padded[i, :, dy[i] : dy[i] + H, dx[i] : dx[i] + W] for i in range(N)])
-    if flip:
-        mirror = rng.random(N) < 0.5
-        out = np.where(mirror[:, None, None, None], out[..., ::-1], out)
+    if mirror.any():
+        out = np.where(mirror[:, None, None, None] == 1, out[..., ::-1], out)
     return out

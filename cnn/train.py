@@ -4,7 +4,10 @@
     python train.py --model lenet5                   # LeNet-5 (PyTorch) on the same digits
     python train.py --preset fashion-resnet --data-dir DATA   # Fashion-MNIST, ResNet-18
     python train.py --model resnet18 --image-dir my_photos/   # one subfolder per class
+    torchrun --standalone --nproc_per_node 2 train.py --model resnet18   # 2 processes (GPUs)
 
+The PyTorch models train under torchrun: every process takes its share of each global batch
+(--batch-size) and the result is that of one process. The NumPy CNN runs in one process only.
 Each run folder gets the checkpoint (model.npz for NumPy, model.pt for PyTorch), metrics.json,
 log.jsonl and the figures of report.py. `--resume` continues a killed run exactly: the weights,
 the optimizer's moments, every random generator, and the position inside the epoch come back.
@@ -13,21 +16,32 @@ the optimizer's moments, every random generator, and the position inside the epo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy_cnn
 import report
-from data import augment, channel_stats, load_dataset, standardise
+from data import augment, channel_stats, draw_augmentation, load_dataset, standardise
 from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
 from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.data import IMAGE_DATASETS
 from shared.errors import UserError
 from shared.logging import progress, start_run
-from shared.runtime import check_fits_in_memory, seed_everything, set_threads
+from shared.runtime import (
+    PRECISION_HELP,
+    PRECISIONS,
+    Distributed,
+    check_fits_in_memory,
+    init_distributed,
+    mixed_precision,
+    seed_everything,
+    set_threads,
+)
 from shared.state import TrainingState, load_for_resume
 
 PROJECT_DIR = Path(__file__).parent
@@ -108,9 +122,16 @@ class TrainConfig(RunConfig):
     image_dir: str = arg("", "train on your own pictures instead: one subfolder per class")
     image_size: int = arg(0, "input side in pixels (0: the model's own, see DEFAULT_SIZE)", min=0)
     epochs: int = arg(20, "passes over the training set", min=1)
-    batch_size: int = arg(32, "images per step", min=1)
+    batch_size: int = arg(
+        32, "images per step: the global batch, split over torchrun processes", min=1
+    )
     optimizer: str = arg("adam", "update rule", choices=("adam", "sgd"))
-    lr: float = arg(2e-3, "peak learning rate (cosine decay to 0)", min=0, min_inclusive=False)
+    lr: float = arg(
+        2e-3,
+        "peak learning rate for the global batch (cosine decay to 0)",
+        min=0,
+        min_inclusive=False,
+    )
     momentum: float = arg(0.9, "SGD momentum", min=0, max=1)
     weight_decay: float = arg(0.0, "L2 penalty added to the gradients", min=0)
     augment_pad: int = arg(1, "random-crop padding in pixels (0: no shifts)", min=0)
@@ -120,6 +141,7 @@ class TrainConfig(RunConfig):
     batchnorm: bool = arg(True, "numpy-cnn: batch norm after each convolution")
     width: float = arg(1.0, "alexnet/resnet18: channel multiplier", min=0, min_inclusive=False)
     imagenet_stem: bool = arg(False, "resnet18: 7x7 stride-2 stem and max pool (big images)")
+    precision: str = arg("auto", "PyTorch models: " + PRECISION_HELP, choices=PRECISIONS)
     threads: int = arg(1, "BLAS/torch threads (small matrices run best on one)", min=1)
     max_train: int = arg(0, "use only the first N training images (0: all)", min=0)
     max_test: int = arg(0, "use only the first N test images (0: all)", min=0)
@@ -137,6 +159,10 @@ class TrainConfig(RunConfig):
             raise UserError(f"--model numpy-cnn needs --image-size >= 4, got {size}")
         if len(self.channels) != 2:
             raise UserError(f"--channels takes two numbers, got {len(self.channels)}")
+        if self.model == "numpy-cnn" and self.precision not in ("auto", "fp32"):
+            raise UserError(
+                f"--precision {self.precision} is for the PyTorch models, not numpy-cnn"
+            )
 
 
 def dry_run_config(cfg: TrainConfig) -> TrainConfig:
@@ -242,128 +268,126 @@ def check_memory(cfg: TrainConfig, size: int) -> None:
     )
 
 
-def build(cfg: TrainConfig, in_channels: int, num_classes: int, size: int, rng):
-    """(model, its config, optimizer, predict): predict maps standardised images to logits."""
-    if cfg.model == "numpy-cnn":
-        model_cfg = numpy_model_config(cfg, in_channels, num_classes, size)
-        model = numpy_cnn.NumpyCNN(model_cfg, rng)  # rng: initial weights and dropout masks
-        params = model.parameters()
-        if cfg.optimizer == "adam":
-            optimizer = numpy_cnn.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            optimizer = numpy_cnn.SGD(params, cfg.lr, cfg.momentum, cfg.weight_decay)
-        return model, model_cfg, optimizer, model.predict_logits
+def join_processes(cfg: TrainConfig) -> Distributed:
+    """torchrun's process group for the PyTorch models; the NumPy CNN trains in one process."""
+    if cfg.model != "numpy-cnn":
+        return init_distributed(cfg.device)  # gloo on the CPU, NCCL on GPUs
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1:
+        raise UserError(
+            f"the NumPy CNN trains in one process, not {processes}: run it with python train.py"
+        )
+    return Distributed(False, rank=0, local_rank=0, world_size=1, device=None)  # needs no torch
+
+
+def check_batches_split(n_train: int, batch_size: int, dist: Distributed) -> None:
+    """Every global batch, the last of an epoch too, must give each process an image."""
+    last = n_train - (math.ceil(n_train / batch_size) - 1) * batch_size
+    if batch_size < dist.world_size:
+        raise UserError(
+            f"--batch-size {batch_size} is the global batch: it needs an image per process "
+            f"({dist.world_size})"
+        )
+    if last < dist.world_size:
+        raise UserError(
+            f"the last batch of each epoch has {last} images, fewer than the {dist.world_size} "
+            "processes: change --batch-size or --max-train"
+        )
+
+
+def rank_share(n: int, dist: Distributed) -> slice:
+    """This process's contiguous part of a global batch of n images. Where n does not split
+    evenly, the first n % N processes take one image more (np.array_split's rule)."""
+    per_process, extra = divmod(n, dist.world_size)
+    start = dist.rank * per_process + min(dist.rank, extra)
+    return slice(start, start + per_process + (dist.rank < extra))
+
+
+def build(cfg: TrainConfig, in_channels: int, num_classes: int, size: int, rng, dist):
+    """(model, its config, train_step, predict, parts): train_step(x, y, lr, share) trains on
+    this process's images and returns (its loss, how many it got right); predict maps
+    standardised images to logits; parts are what the checkpoint keeps of the model."""
+    if cfg.model != "numpy-cnn":
+        return build_torch(cfg, in_channels, num_classes, size, dist)
+    model_cfg = numpy_model_config(cfg, in_channels, num_classes, size)
+    model = numpy_cnn.NumpyCNN(model_cfg, rng)  # rng: initial weights and dropout masks
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        optimizer = numpy_cnn.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = numpy_cnn.SGD(params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    train_step = functools.partial(numpy_step, model, optimizer)
+    return (
+        model,
+        model_cfg,
+        train_step,
+        model.predict_logits,
+        dict(model=model, optimizer=optimizer),
+    )
+
+
+def build_torch(cfg: TrainConfig, in_channels: int, num_classes: int, size: int, dist):
+    """The same for a PyTorch model: batch norm over the global batch, DDP under torchrun."""
     import torch
     from model import build_model, predict_logits
 
-    from shared.runtime import get_device
-
     set_threads(cfg.threads)
-    device = get_device(cfg.device)
     model_cfg = torch_model_config(cfg, in_channels, num_classes, size)
-    model = build_model(model_cfg).to(device)  # initial weights from torch's global generator
+    model = build_model(model_cfg).to(dist.device)  # weights from torch's global generator
+    model = dist.sync_batch_norm(model)  # statistics pooled over the processes
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.SGD(
             model.parameters(), cfg.lr, cfg.momentum, weight_decay=cfg.weight_decay
         )
-    return model, model_cfg, optimizer, lambda x: predict_logits(model, x)
+    amp = mixed_precision(cfg.precision, dist.device)
+    # DDP starts every process from rank 0's weights and averages the gradients of each step.
+    train_step = functools.partial(torch_step, dist.wrap(model), optimizer, amp)
+    parts = dict(model=model, optimizer=optimizer, **({"scaler": amp.scaler} if amp.scaler else {}))
+    return model, model_cfg, train_step, lambda x: predict_logits(model, x), parts
 
 
-def numpy_step(model, optimizer, x, y, lr):
-    """Forward, loss, backward by hand, update. x: (N, C, H, W) standardised, y: (N,)."""
+def numpy_step(model, optimizer, x, y, lr, share):
+    """Forward, loss, backward by hand, update. x: (N, C, H, W) standardised, y: (N,). One
+    process: share (the images per process) is N and the loss is the batch mean."""
     model.train(True)
     logits = model.forward(x)  # (N, classes)
     loss, dlogits = numpy_cnn.softmax_cross_entropy(logits, y)
     model.backward(dlogits, input_grad=False)  # fills every layer's grads
     optimizer.lr = lr
     optimizer.step()
-    return float(loss), logits.argmax(axis=1)
+    return float(loss), int((logits.argmax(axis=1) == y).sum())
 
 
-def torch_step(model, optimizer, x, y, lr):
-    """The same step with autograd."""
+def torch_step(model, optimizer, amp, x, y, lr, share):
+    """The same step with autograd, under autocast. The loss is the sum over this process's
+    images / share, share = global batch / processes: DDP averages the processes' gradients,
+    which gives the gradient of the global batch's mean loss, as one process would."""
     import torch
+    import torch.nn.functional as F
 
     device = next(model.parameters()).device
     model.train()
     x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-    logits = model(x)  # (N, classes)
-    loss = torch.nn.functional.cross_entropy(logits, y)
+    with amp.autocast():
+        logits = model(x)  # (n, classes), bfloat16 under --precision bf16
+    loss = F.cross_entropy(logits.float(), y, reduction="sum") / share  # in float32
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    amp.backward(loss)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    optimizer.step()
-    return loss.item(), logits.argmax(dim=1).cpu().numpy()
+    amp.step(optimizer)
+    return loss.item(), int((logits.argmax(dim=1) == y).sum())
 
 
-# ----------------------------------------------------------------------------- the run
+def evaluation_record(predict, test_in: np.ndarray, y_test: np.ndarray) -> dict:
+    test_loss, test_accuracy, _ = evaluate(predict, test_in, y_test)
+    return dict(test_loss=test_loss, test_accuracy=test_accuracy)
 
 
-def main(cfg: TrainConfig) -> dict:
-    if cfg.dry_run:
-        cfg = dry_run_config(cfg)
-    is_numpy = cfg.model == "numpy-cnn"
-    checkpoint = "model.npz" if is_numpy else "model.pt"
-    ckpt = load_for_resume(cfg, PROJECT_DIR, checkpoint, must_match=MUST_MATCH)
-    size = cfg.image_size or DEFAULT_SIZE[cfg.model]
-    check_memory(cfg, size)
-    rng = seed_everything(cfg.seed)  # initial weights, augmentation, NumPy dropout
-    threadpool_limits(cfg.threads)  # many threads on small matrices are slower, not faster
-
-    # 1. data: resized for the model, standardised with the training set's statistics
-    x_train, y_train, x_test, y_test, classes = load_data(cfg, size)
-    mean, std = channel_stats(x_train)
-    test_in = standardise(x_test, mean, std)
-    run = start_run(f"cnn: {cfg.model} on {cfg.image_dir or cfg.dataset}", cfg, PROJECT_DIR)
-
-    # 2. model and optimizer; everything the next step depends on is in `state`
-    model, model_cfg, optimizer, predict = build(cfg, x_train.shape[1], len(classes), size, rng)
-    train_step = numpy_step if is_numpy else torch_step
-    state = TrainingState(
-        run.path / checkpoint, cfg, model=model, optimizer=optimizer, generator=rng
-    )
-    start = state.restore(ckpt)
-    epoch_loss = state.extra.get("epoch_loss", 0.0)  # sums over the epoch so far
-    epoch_correct = state.extra.get("epoch_correct", 0)
-    for_inference = inference_meta(model_cfg, classes, mean, std)
-
-    # 3. train: augmented batches, cosine learning rate, evaluation after every epoch
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    for step in progress(range(start, total), desc="train", initial=start, total=total):
-        epoch, b = divmod(step, steps_per_epoch)
-        if b == 0 or step == start:  # the order of an epoch depends on (seed, epoch) only
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
-        index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-        x = standardise(augment(x_train[index], rng, cfg.augment_pad, cfg.flip), mean, std)
-        lr = cosine_lr(step, total, cfg.lr)
-        loss, pred = train_step(model, optimizer, x, y_train[index], lr)
-        epoch_loss += loss
-        epoch_correct += int((pred == y_train[index]).sum())
-        record = {"loss": loss} if (step + 1) % cfg.log_every == 0 else {}
-        if b + 1 == steps_per_epoch:
-            test_loss, test_accuracy, _ = evaluate(predict, test_in, y_test)
-            record.update(
-                epoch=epoch + 1,
-                train_loss=epoch_loss / steps_per_epoch,
-                train_accuracy=epoch_correct / len(x_train),
-                test_loss=test_loss,
-                test_accuracy=test_accuracy,
-            )
-            print(report.epoch_line(record))
-            epoch_loss, epoch_correct = 0.0, 0
-        if record:
-            run.log(step=step + 1, **record)
-        every = cfg.checkpoint_every or steps_per_epoch
-        if (step + 1) % every == 0 or b + 1 == steps_per_epoch:
-            state.save(
-                step + 1, epoch_loss=epoch_loss, epoch_correct=epoch_correct, **for_inference
-            )
-
-    # 4. the final numbers and the figures
+def finish(cfg: TrainConfig, run, model, predict, x_test, test_in, y_test, classes) -> dict:
+    """The final numbers and the figures (rank 0 only)."""
     test_loss, test_accuracy, y_pred = evaluate(predict, test_in, y_test)
     if cfg.figures:
         report.write_figures(run.path, model, predict, x_test, test_in, y_test, y_pred, classes)
@@ -377,6 +401,80 @@ def main(cfg: TrainConfig) -> dict:
         test_loss=test_loss,
         epochs=cfg.epochs,
     )
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def main(cfg: TrainConfig) -> dict:
+    if cfg.dry_run:
+        cfg = dry_run_config(cfg)
+    dist = join_processes(cfg)
+    checkpoint = "model.npz" if cfg.model == "numpy-cnn" else "model.pt"
+    ckpt = load_for_resume(cfg, PROJECT_DIR, checkpoint, must_match=MUST_MATCH)
+    size = cfg.image_size or DEFAULT_SIZE[cfg.model]
+    check_memory(cfg, size)
+    seed_everything(cfg.seed + dist.rank)  # torch's initial weights and dropout, per process
+    rng = np.random.default_rng(cfg.seed)  # augmentation, NumPy CNN: alike on every process
+    threadpool_limits(cfg.threads)  # many threads on small matrices are slower, not faster
+
+    # 1. data: resized for the model, standardised with the training set's statistics
+    x_train, y_train, x_test, y_test, classes = load_data(cfg, size)
+    check_batches_split(len(x_train), cfg.batch_size, dist)
+    mean, std = channel_stats(x_train)
+    test_in = standardise(x_test, mean, std)
+    task = f"cnn: {cfg.model} on {cfg.image_dir or cfg.dataset}"
+    run = start_run(task, cfg, PROJECT_DIR, is_main=dist.is_main)  # only rank 0 writes
+
+    # 2. model and optimizer; everything the next step depends on is in `state`
+    model, model_cfg, train_step, predict, parts = build(
+        cfg, x_train.shape[1], len(classes), size, rng, dist
+    )
+    state = TrainingState(run.path / checkpoint, cfg, dist=dist, generator=rng, **parts)
+    start = state.restore(ckpt)  # each process gets its own global generators back
+    epoch_loss = state.extra.get("epoch_loss", 0.0)  # sums over the epoch so far
+    epoch_correct = state.extra.get("epoch_correct", 0)
+    for_inference = inference_meta(model_cfg, classes, mean, std)
+
+    # 3. train: each process takes its share of every global batch; evaluation after each epoch
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    every = cfg.checkpoint_every or steps_per_epoch
+    steps = range(start, total)
+    for step in progress(steps, desc="train", initial=start, total=total, disable=not dist.is_main):
+        epoch, b = divmod(step, steps_per_epoch)
+        if b == 0 or step == start:  # the order of an epoch depends on (seed, epoch) only
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train))
+        index = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]  # the global batch
+        draws = draw_augmentation(rng, len(index), cfg.augment_pad, cfg.flip)  # for all of it
+        mine = rank_share(len(index), dist)
+        x = standardise(augment(x_train[index[mine]], draws[mine], cfg.augment_pad), mean, std)
+        lr = cosine_lr(step, total, cfg.lr)
+        loss, correct = train_step(x, y_train[index[mine]], lr, len(index) / dist.world_size)
+        loss = dist.all_reduce_mean(loss)  # the mean loss of the global batch
+        epoch_loss += loss
+        epoch_correct += round(dist.all_reduce_mean(correct) * dist.world_size)
+        record = {"loss": loss} if (step + 1) % cfg.log_every == 0 else {}
+        if b + 1 == steps_per_epoch:
+            if dist.is_main:  # no collective in here: the others wait in the next step
+                record.update(epoch=epoch + 1, train_loss=epoch_loss / steps_per_epoch)
+                record.update(train_accuracy=epoch_correct / len(x_train))
+                record.update(evaluation_record(predict, test_in, y_test))
+                print(report.epoch_line(record))
+            epoch_loss, epoch_correct = 0.0, 0
+        if record:
+            run.log(step=step + 1, **record)
+        if (step + 1) % every == 0 or b + 1 == steps_per_epoch:  # on every process, rank 0 writes
+            state.save(
+                step + 1, epoch_loss=epoch_loss, epoch_correct=epoch_correct, **for_inference
+            )
+
+    # 4. the final numbers and the figures, from rank 0
+    metrics = (
+        finish(cfg, run, model, predict, x_test, test_in, y_test, classes) if dist.is_main else {}
+    )
+    dist.close()
+    return metrics
 
 
 if __name__ == "__main__":
