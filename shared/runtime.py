@@ -9,6 +9,7 @@ import functools
 import os
 import random
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,7 +249,9 @@ def _global_batch_norm_class():
             x32 = x.float()
             # One all-reduce of (sum, sum of squares, count); its backward all-reduces gradients.
             stats = torch.cat([x32.sum(dims), (x32 * x32).sum(dims), count.reshape(1)])
-            stats = dist_fn.all_reduce(stats)
+            with warnings.catch_warnings():  # deprecated for a functional API, same result
+                warnings.simplefilter("ignore", FutureWarning)
+                stats = dist_fn.all_reduce(stats)
             c = x.shape[1]
             n = stats[-1]
             mean = stats[:c] / n
