@@ -118,6 +118,11 @@ def gaussian_kl(mu, log_var):
     return -0.5 * (1 + log_var - mu**2 - torch.exp(log_var)).sum(-1)
 
 
+def _at_least_float32(t):
+    """bf16/fp16 activations (autocast) as float32; float64 stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def reparameterize(mu, log_var, eps=None):
     """z = mu + sigma * eps with eps ~ N(0, I): a sample of q(z|x) that is differentiable in mu
     and log_var, because the randomness lives in eps, which does not depend on them."""
@@ -275,17 +280,20 @@ class VAE(nn.Module):
         c, s = self.cfg.image_channels, self.cfg.image_size
         return mean.view(-1, c, s, s)
 
-    def elbo_terms(self, x, y=None):
-        """One-sample estimate of E_q[log p(x|z)] and the exact KL, each (B,); and decoded."""
-        mu, log_var = self.encode(x, y)
-        z = reparameterize(mu, log_var)  # (B, L)
-        decoded = self.decode(z, y)  # (B, D)
+    def elbo_terms(self, x, y=None, eps=None):
+        """One-sample estimate of E_q[log p(x|z)] and the exact KL, each (B,); and decoded.
+
+        eps (B, L), the reparameterisation noise, is drawn here unless given. Under autocast the
+        likelihood and the KL are computed in (at least) float32."""
+        mu, log_var = (_at_least_float32(t) for t in self.encode(x, y))
+        z = reparameterize(mu, log_var, eps)  # (B, L)
+        decoded = _at_least_float32(self.decode(z, y))  # (B, D)
         return self.log_likelihood(x, decoded), gaussian_kl(mu, log_var), decoded
 
-    def forward(self, x, y=None):
+    def forward(self, x, y=None, eps=None):
         """(reconstruction means (B, C, H, W), loss): loss = mean over the batch of
         -(E_q[log p(x|z)] - beta KL), the negative (beta-weighted) ELBO in nats per image."""
-        recon_ll, kl, decoded = self.elbo_terms(x, y)
+        recon_ll, kl, decoded = self.elbo_terms(x, y, eps)
         loss = -(recon_ll - self.cfg.beta * kl).mean()
         return self.mean_image(decoded), loss
 

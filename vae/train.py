@@ -27,9 +27,12 @@ from shared.data import IMAGE_DATASETS
 from shared.errors import UserError
 from shared.logging import progress, start_run
 from shared.runtime import (
+    PRECISION_HELP,
+    PRECISIONS,
     check_fits_in_memory,
     count_parameters,
-    get_device,
+    init_distributed,
+    mixed_precision,
     seed_everything,
     set_threads,
 )
@@ -97,8 +100,10 @@ class TrainConfig(RunConfig):
         False, "a conditional VAE: encoder and decoder also see the class (default: off)"
     )
     epochs: int = arg(150, "passes over the training images", min=1)
-    batch_size: int = arg(128, "images per step", min=1)
-    lr: float = arg(1e-3, "Adam learning rate", min=0, min_inclusive=False)
+    batch_size: int = arg(
+        128, "images per step: the global batch, split over torchrun processes", min=1
+    )
+    lr: float = arg(1e-3, "Adam learning rate (for the global batch)", min=0, min_inclusive=False)
     eval_every: int = arg(10, "epochs between test-set ELBO evaluations and checkpoints", min=1)
     iwae_samples: int = arg(100, "k, importance samples per test image for the IWAE bound", min=1)
     iwae_trend: tuple[int, ...] = arg(
@@ -110,6 +115,7 @@ class TrainConfig(RunConfig):
     threads: int = arg(
         1, "torch CPU threads; one is fastest for these small models (0: all)", min=0
     )
+    precision: str = arg("auto", PRECISION_HELP, choices=PRECISIONS)
 
     def check(self):
         if self.image_dir and self.dataset != "digits":
@@ -249,32 +255,72 @@ def final_results(model, x, y, cfg: TrainConfig, name: str) -> dict:
     }
 
 
+def check_split(dist, n_train: int, batch_size: int) -> None:
+    """Under torchrun every batch, the last partial one too, splits evenly over the processes."""
+    last = n_train % batch_size
+    if dist.enabled and (batch_size % dist.world_size or last % dist.world_size):
+        raise UserError(
+            f"--batch-size {batch_size} over {n_train} images leaves batches of "
+            f"{batch_size} and {last or batch_size}: each must be a multiple of the "
+            f"{dist.world_size} processes"
+        )
+
+
+def train_epoch(models, optimizers, x_train, y_train, order, cfg: TrainConfig, dist, amp):
+    """One pass in the order given; every model takes a step on each batch. Returns the mean
+    training loss of each. Randomness (binarisation, reparameterisation noise) is drawn for the
+    whole global batch and each process keeps its share, so N processes compute what one does."""
+    totals = dict.fromkeys(models, 0.0)
+    for i in range(0, len(order), cfg.batch_size):
+        index = order[i : i + cfg.batch_size]
+        xb, yb = x_train[index], y_train[index]
+        if cfg.likelihood == "bernoulli":  # dynamic binarisation: a fresh x ~ Bernoulli(grey)
+            xb = torch.bernoulli(xb)
+        xb, yb = dist.shard(xb), dist.shard(yb)
+        for name, model in models.items():
+            raw = dist.unwrap(model)
+            eps = torch.randn(len(index), raw.cfg.latent_dim, device=xb.device)  # (B, L)
+            with amp.autocast():
+                _, loss = model(xb, yb if raw.cfg.n_classes else None, eps=dist.shard(eps))
+            optimizers[name].zero_grad(set_to_none=True)
+            amp.backward(loss)  # DDP averages the processes' gradients: the global batch mean
+            amp.step(optimizers[name])
+            totals[name] += loss.item() * len(index)
+    return {name: dist.all_reduce_mean(total / len(order)) for name, total in totals.items()}
+
+
 def main(cfg: TrainConfig) -> dict:
     if cfg.dry_run:
         cfg = dry_run_config(cfg)
     ckpt = load_for_resume(cfg, PROJECT, CHECKPOINT, must_match=MUST_MATCH)
     set_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    device = get_device(cfg.device)
+    dist = init_distributed(cfg.device)
+    seed_everything(cfg.seed)  # alike on every process: the random draws are the global batch's
+    device = dist.device
+    amp = mixed_precision(cfg.precision, device)
     channels, size = image_shape(cfg)
     check_memory(cfg, size, channels, device)
 
     # 1. Data: float images in [0, 1]; the Bernoulli model sees a binarised test set (fixed draw).
     x_train, y_train, x_test, y_test, class_names = load_data(cfg, size, device)
+    check_split(dist, len(x_train), cfg.batch_size)
     source = f"folder {cfg.image_dir}" if cfg.image_dir else cfg.dataset
 
     # 2. Models: the one asked for, and the companions for the figures it cannot draw itself.
     configs = model_configs(cfg, channels, size, len(class_names))
-    run = start_run(f"{cfg.arch} VAE on {source}", cfg, PROJECT)
+    run = start_run(f"{cfg.arch} VAE on {source}", cfg, PROJECT, is_main=dist.is_main)
     models, optimizers = build_models(configs, cfg, device)
     data_order = torch.Generator().manual_seed(cfg.seed)  # the shuffle of each epoch
+    scaler = {"scaler": amp.scaler} if amp.scaler else {}  # fp16 only
     state = TrainingState(
         run.path / CHECKPOINT,
         cfg,
         log_key="epoch",
+        dist=dist,
         data_order=data_order,
         **models,
         **{f"{name}_optimizer": opt for name, opt in optimizers.items()},
+        **scaler,
     )  # the global torch generator (binarisation, reparameterisation noise) is kept too
     start = state.restore(ckpt)
     labels_for = {name: y_test if m.cfg.n_classes else None for name, m in models.items()}
@@ -282,33 +328,31 @@ def main(cfg: TrainConfig) -> dict:
         configs={name: asdict(c) for name, c in configs.items()},
         data={"source": source, "class_names": class_names},
     )
+    wrapped = {name: dist.wrap(model) for name, model in models.items()}
 
-    # 3. Training: Adam on the negative (beta-)ELBO, every model a step on the same batch.
-    for epoch in progress(range(start, cfg.epochs), desc="epochs"):
+    # 3. Training: Adam on the negative (beta-)ELBO; test ELBO and a checkpoint every few epochs.
+    for epoch in progress(range(start, cfg.epochs), desc="epochs", disable=not dist.is_main):
         order = torch.randperm(len(x_train), generator=data_order).to(device)
-        totals = dict.fromkeys(models, 0.0)
-        for i in range(0, len(order), cfg.batch_size):
-            index = order[i : i + cfg.batch_size]
-            xb, yb = x_train[index], y_train[index]
-            if cfg.likelihood == "bernoulli":  # dynamic binarisation: a fresh x ~ Bernoulli(grey)
-                xb = torch.bernoulli(xb)
-            for name, model in models.items():
-                _, loss = model(xb, yb if model.cfg.n_classes else None)
-                optimizers[name].zero_grad(set_to_none=True)
-                loss.backward()
-                optimizers[name].step()
-                totals[name] += loss.item() * len(index)
-        record = {f"{name}_train_loss": total / len(order) for name, total in totals.items()}
+        losses = train_epoch(wrapped, optimizers, x_train, y_train, order, cfg, dist, amp)
+        record = {f"{name}_train_loss": loss for name, loss in losses.items()}
         checkpoint = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-        if checkpoint:
+        if checkpoint and dist.is_main:  # evaluation draws from a generator of its own
             for name, model in models.items():
                 bounds = evaluate(model, x_test, labels_for[name], (1,), cfg.seed)
                 record[f"{name}_test_nelbo"] = -bounds["elbo"]
         run.log(epoch=epoch + 1, **record)
         if checkpoint:
-            state.save(epoch + 1, **inference_needs)
+            state.save(epoch + 1, **inference_needs)  # on every process; rank 0 writes
+    pixels = channels * size**2
+    metrics = {}  # only rank 0 measures and draws
+    if dist.is_main:
+        metrics = finish(run, models, x_test, y_test, labels_for, class_names, cfg, pixels)
+    dist.close()
+    return metrics
 
-    # 4. Test log-likelihood: ELBO and IWAE_k (for the CVAE these bound log p(x|y)).
+
+def finish(run, models, x_test, y_test, labels_for, class_names, cfg, pixels: int) -> dict:
+    """4. Test log-likelihood: ELBO and IWAE_k (for the CVAE these bound log p(x|y)); figures."""
     results = {
         name: final_results(model, x_test, labels_for[name], cfg, name)
         for name, model in models.items()
@@ -326,7 +370,7 @@ def main(cfg: TrainConfig) -> dict:
         iwae_samples=cfg.iwae_samples,
         epochs=cfg.epochs,
         test_images=len(x_test),
-        pixels=channels * size**2,
+        pixels=pixels,
         **companions,
     )
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from shared.state import read_state
-from shared.testing import run_script
+from shared.testing import assert_tensors_close, run_script, run_torchrun
 
 PROJECT = Path(__file__).parents[1]
 FIGURES = (
@@ -270,3 +270,43 @@ def test_zero_samples_is_refused_and_help_states_each_default_once(trained):
     help_text = " ".join(run_script(PROJECT, "train.py", "--help").stdout.split())
     assert "(default: off) (default: off)" not in help_text
     assert "conditional VAE: encoder and decoder also see the class (default: off)" in help_text
+
+
+def test_two_processes_train_exactly_as_one_with_the_same_global_batch(trained, tmp_path):
+    flags = ("--dry-run", "--device", "cpu", "--batch-size", "64")
+    run_script(PROJECT, "train.py", *flags, "--out", tmp_path / "one")
+    run_torchrun(PROJECT, "train.py", *flags, "--out", tmp_path / "two", timeout=300)
+    one = dict(_tensors(read_state(tmp_path / "one" / "model.pt")))
+    two = dict(_tensors(read_state(tmp_path / "two" / "model.pt")))
+    per_process = {k for k in two if k.startswith("/rng_ranks/")}  # each process's generators
+    shared_parts = {k: v for k, v in two.items() if k not in per_process}
+    assert per_process and shared_parts.keys() == one.keys()
+    assert_tensors_close(shared_parts, one, atol=1e-5)  # three models and their Adam moments
+    # Rank 1 wrote nothing: the same files, one log line per epoch.
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
+    logs = [(tmp_path / d / "log.jsonl").read_text().splitlines() for d in ("one", "two")]
+    assert len(logs[0]) == len(logs[1])
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused():
+    from train import check_split
+
+    from shared.errors import UserError
+    from shared.runtime import Distributed
+
+    two = Distributed(True, 0, 0, 2, torch.device("cpu"))
+    check_split(two, 1000, 64)  # 15 batches of 64 and one of 40: all even
+    with pytest.raises(UserError, match="leaves batches of 64 and 39"):
+        check_split(two, 999, 64)
+
+
+def test_bf16_autocast_on_the_cpu_trains_close_to_float32(unconditional, tmp_path):
+    flags = ("--dry-run", "--no-companions", "--precision", "bf16")
+    run_script(PROJECT, "train.py", *flags, "--out", tmp_path)
+    fp32, bf16 = (
+        [json.loads(line)["model_train_loss"] for line in (d / "log.jsonl").open()]
+        for d in (unconditional, tmp_path)
+    )
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
