@@ -8,8 +8,13 @@
 3. YoloDetector (YOLO v1, Redmon et al. 2016): one network, one pass; each grid cell predicts a
    box, its objectness and the class of the object whose centre falls in it.
 
-Every detector: forward(images, targets) -> (None, losses) for training, and
-detect(images, score_threshold) -> per image (boxes (K, 4), scores (K,), labels (K,)).
+Every detector: forward(images, targets, generators, mean_count) -> (None, losses) for
+training, and detect(images, score_threshold) -> per image (boxes (K, 4), scores (K,), labels
+(K,)). generators: one torch.Generator per image, the source of every random draw made for it
+(sampled anchors, regions, windows), so that an image gets the same draws whichever process of a
+torchrun job trains on it; mean_count: see own_count. Under autocast (--precision bf16 or fp16)
+the convolutions and linear layers run in half precision; their outputs are cast to float32
+before any box arithmetic, RoI sampling, NMS or loss.
 Labels are 0..C-1; the two classifiers that need a background class put it last, at index C.
 Shapes: N images, C classes, H x W image, Hf x Wf feature map, A anchors per cell, R regions.
 """
@@ -84,6 +89,25 @@ class Backbone(nn.Sequential):
         self.stride = 2**n_stages
 
 
+def own_count(count: int) -> float:
+    """What a loss summed over `count` samples (anchors, regions, windows) is divided by, in one
+    process: the count itself, giving the mean over the batch.
+
+    Under torchrun train.py passes instead the mean of the count over the N processes, C / N
+    with C the count of the whole global batch. DDP averages the processes' gradients, so the
+    losses S_r / (C / N) of the processes r give (1/N) sum_r grad S_r / (C / N) =
+    grad (sum_r S_r) / C: the gradient of one process holding the whole batch. Dividing by each
+    process's own count c_r instead would give the samples of a process with fewer of them
+    (fewer digits, so fewer positives) more weight than those of the others.
+    """
+    return count
+
+
+def float32(device: torch.device):
+    """Autocast off: RoI align's matrix products would otherwise run in half precision."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def smooth_l1(x: torch.Tensor, beta: float) -> torch.Tensor:
     """0.5 x^2 / beta for |x| < beta, |x| - 0.5 beta beyond (Fast R-CNN, eq. 3), summed."""
     ax = x.abs()
@@ -136,17 +160,20 @@ class SlidingWindowDetector(nn.Module):
         rois = torch.cat(
             [torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes_per_image)]
         )
-        return roi_align(images, rois, self.cfg.window_input, spatial_scale=1.0)
+        with float32(images.device):
+            return roi_align(images.float(), rois, self.cfg.window_input, spatial_scale=1.0)
 
-    def training_crops(self, images, targets, negatives_per_image: int = 8):
+    def training_crops(self, images, targets, generators, negatives_per_image: int = 8):
         """Digit windows (jittered true boxes) and background windows (IoU < 0.3 with all)."""
         boxes, labels = [], []
-        for target in targets:
-            jitter = (torch.rand_like(target["boxes"]) - 0.5) * 3.0
+        for target, generator in zip(targets, generators):
+            shape, device = target["boxes"].shape, images.device
+            jitter = (torch.rand(shape, generator=generator).to(device) - 0.5) * 3.0
             positives = target["boxes"] + jitter
             overlap = box_iou(self.windows, target["boxes"]).amax(1) if len(positives) else None
             background = self.windows if overlap is None else self.windows[overlap < 0.3]
-            pick = torch.randint(len(background), (negatives_per_image,), device=background.device)
+            pick = torch.randint(len(background), (negatives_per_image,), generator=generator)
+            pick = pick.to(device)
             boxes.append(torch.cat([positives, background[pick]]))
             labels.append(
                 torch.cat(
@@ -158,16 +185,18 @@ class SlidingWindowDetector(nn.Module):
             )
         return self.crop(images, boxes), torch.cat(labels)
 
-    def forward(self, images, targets):
-        crops, labels = self.training_crops(images, targets)
-        return None, {"classification": F.cross_entropy(self.classifier(crops), labels)}
+    def forward(self, images, targets, generators=None, mean_count=own_count):
+        crops, labels = self.training_crops(images, targets, generators or [None] * len(images))
+        logits = self.classifier(crops).float()  # (R, C + 1)
+        total = F.cross_entropy(logits, labels, reduction="sum")
+        return None, {"classification": total / mean_count(len(labels))}
 
     @torch.no_grad()
     def detect(self, images, score_threshold: float = 0.5, iou_threshold: float = 0.3):
         results = []
         for image in images:
             crops = self.crop(image[None], [self.windows])
-            probs = torch.cat([self.classifier(c).softmax(1) for c in crops.split(2048)])
+            probs = torch.cat([self.classifier(c).float().softmax(1) for c in crops.split(2048)])
             scores, labels = probs[:, : self.cfg.n_classes].max(1)  # best digit per window
             keep = scores > score_threshold
             boxes, scores, labels = self.windows[keep], scores[keep], labels[keep]
@@ -195,19 +224,22 @@ class RegionProposalNetwork(nn.Module):
         n = len(features)
         logits = self.objectness(h).permute(0, 2, 3, 1).reshape(n, -1)  # (N, Hf*Wf*A)
         deltas = self.deltas(h).permute(0, 2, 3, 1).reshape(n, -1, 4)  # (N, Hf*Wf*A, 4)
-        return logits, deltas
+        return logits.float(), deltas.float()  # float32: decoded into boxes, and into the loss
 
 
-def sample_labels(labels: torch.Tensor, n: int, positive_fraction: float) -> torch.Tensor:
+def sample_labels(
+    labels: torch.Tensor, n: int, positive_fraction: float, generator=None
+) -> torch.Tensor:
     """Indices of at most n labelled items, at most positive_fraction of them positive (>= 1)
-    and the rest negative (0); items labelled -1 are ignored."""
+    and the rest negative (0); items labelled -1 are ignored. The draws come from `generator`
+    (a CPU one; None: torch's global generator), on any device."""
     positives = torch.nonzero(labels >= 1).flatten()
     negatives = torch.nonzero(labels == 0).flatten()
     n_pos = min(len(positives), int(n * positive_fraction))
     n_neg = min(len(negatives), n - n_pos)
-    positives = positives[torch.randperm(len(positives), device=labels.device)[:n_pos]]
-    negatives = negatives[torch.randperm(len(negatives), device=labels.device)[:n_neg]]
-    return torch.cat([positives, negatives])
+    pick_pos = torch.randperm(len(positives), generator=generator)[:n_pos]
+    pick_neg = torch.randperm(len(negatives), generator=generator)[:n_neg]
+    return torch.cat([positives[pick_pos.to(labels.device)], negatives[pick_neg.to(labels.device)]])
 
 
 def label_anchors(anchors, boxes, high: float = 0.6, low: float = 0.3):
@@ -253,12 +285,21 @@ class TwoStageDetector(nn.Module):
         self.box_deltas = nn.Linear(256, 4 * cfg.n_classes)  # one refinement per class
 
     def pool(self, features, proposals: list[torch.Tensor]) -> torch.Tensor:
-        """(R, Ch, roi_size, roi_size) features of every proposal, by RoI align or pooling."""
+        """(R, Ch, roi_size, roi_size) features of every proposal, by RoI align or pooling, in
+        float32."""
         rois = torch.cat(
             [torch.cat([torch.full_like(p[:, :1], i), p], 1) for i, p in enumerate(proposals)]
         )
         op = roi_align if self.cfg.roi_op == "align" else roi_pool
-        return op(features, rois, self.cfg.roi_size, 1.0 / self.backbone.stride)
+        with float32(features.device):
+            return op(features.float(), rois, self.cfg.roi_size, 1.0 / self.backbone.stride)
+
+    def classify(self, features, regions: list[torch.Tensor]):
+        """The head on every region: class logits (R, C + 1) and one box refinement per class
+        (R, C, 4), both float32."""
+        hidden = self.head(self.pool(features, regions))
+        class_logits = self.class_logits(hidden).float()
+        return class_logits, self.box_deltas(hidden).float().reshape(len(hidden), -1, 4)
 
     def propose(self, logits, deltas, n_keep: int) -> list[torch.Tensor]:
         """Decode every anchor, keep the best 200 by objectness, NMS at 0.7, keep n_keep."""
@@ -273,28 +314,33 @@ class TwoStageDetector(nn.Module):
             proposals.append(boxes[top][keep])
         return proposals
 
-    def rpn_loss(self, logits, deltas, targets):
+    def rpn_loss(self, logits, deltas, targets, generators, mean_count):
         """Anchors with IoU >= 0.6 to a box (or the best anchor of each box) are positive,
-        IoU < 0.3 negative; 64 sampled per image, half positive at most. BCE + smooth L1."""
+        IoU < 0.3 negative; 64 sampled per image, half positive at most. BCE + smooth L1, both
+        summed over the sampled anchors and divided by their count (see own_count)."""
         cls_losses, box_losses, count = logits.new_zeros(()), logits.new_zeros(()), 0
-        for image_logits, image_deltas, target in zip(logits, deltas, targets):
+        for image_logits, image_deltas, target, generator in zip(
+            logits, deltas, targets, generators
+        ):
             labels, matched = label_anchors(self.anchors, target["boxes"])
-            chosen = sample_labels(labels, 64, 0.5)
+            chosen = sample_labels(labels, 64, 0.5, generator)
             cls_losses = cls_losses + F.binary_cross_entropy_with_logits(
                 image_logits[chosen], labels[chosen], reduction="sum"
             )
+            # Every image adds a term, with no positives an empty one: the deltas' weights get a
+            # (zero) gradient on every process, as DDP needs.
             positive = chosen[labels[chosen] == 1]
-            if len(positive):
-                goal = encode_boxes(target["boxes"][matched[positive]], self.anchors[positive])
-                box_losses = box_losses + smooth_l1(image_deltas[positive] - goal, beta=1 / 9)
+            goal = encode_boxes(target["boxes"][matched[positive]], self.anchors[positive])
+            box_losses = box_losses + smooth_l1(image_deltas[positive] - goal, beta=1 / 9)
             count += len(chosen)
-        return cls_losses / count, box_losses / count
+        n = mean_count(count)
+        return cls_losses / n, box_losses / n
 
-    def head_targets(self, proposals, targets):
+    def head_targets(self, proposals, targets, generators):
         """Add the true boxes to the proposals; label each by its best box (IoU >= 0.5), else
         background; sample 64 per image, a quarter foreground at most."""
         kept, labels, goals = [], [], []
-        for boxes, target in zip(proposals, targets):
+        for boxes, target, generator in zip(proposals, targets, generators):
             boxes = torch.cat([boxes, target["boxes"]])
             image_labels = torch.full((len(boxes),), self.cfg.n_classes, device=boxes.device)
             image_goals = torch.zeros(len(boxes), 4, device=boxes.device)
@@ -304,28 +350,30 @@ class TwoStageDetector(nn.Module):
                 image_labels[foreground] = target["labels"][matched[foreground]]
                 image_goals = encode_boxes(target["boxes"][matched], boxes, self.BOX_WEIGHTS)
             # sample_labels counts labels >= 1 as positive: pass foreground as 1, background 0.
-            chosen = sample_labels((image_labels < self.cfg.n_classes).long(), 64, 0.25)
+            chosen = sample_labels((image_labels < self.cfg.n_classes).long(), 64, 0.25, generator)
             kept.append(boxes[chosen])
             labels.append(image_labels[chosen])
             goals.append(image_goals[chosen])
         return kept, torch.cat(labels), torch.cat(goals)
 
-    def forward(self, images, targets):
+    def forward(self, images, targets, generators=None, mean_count=own_count):
+        generators = generators or [None] * len(images)
         features = self.backbone(images)  # (N, Ch, Hf, Wf)
         logits, deltas = self.rpn(features)
-        rpn_cls, rpn_box = self.rpn_loss(logits, deltas, targets)
+        rpn_cls, rpn_box = self.rpn_loss(logits, deltas, targets, generators, mean_count)
         proposals = self.propose(logits, deltas, self.cfg.proposals_train)
-        rois, labels, goals = self.head_targets(proposals, targets)
-        hidden = self.head(self.pool(features, rois))
-        class_logits = self.class_logits(hidden)  # (R, C + 1)
-        box_deltas = self.box_deltas(hidden).reshape(len(hidden), -1, 4)  # (R, C, 4)
+        rois, labels, goals = self.head_targets(proposals, targets, generators)
+        class_logits, box_deltas = self.classify(features, rois)  # (R, C + 1), (R, C, 4)
         foreground = torch.nonzero(labels < self.cfg.n_classes).flatten()
         chosen = box_deltas[foreground, labels[foreground]]  # the refinement for its class
+        # Both head losses are means over the sampled regions (see own_count); the count is 0
+        # only where no process has a region, and then both sums are 0 too.
+        n = mean_count(len(labels)) or 1
         losses = {
             "rpn_objectness": rpn_cls,
             "rpn_box": rpn_box,
-            "head_class": F.cross_entropy(class_logits, labels),
-            "head_box": smooth_l1(chosen - goals[foreground], beta=1.0) / max(len(labels), 1),
+            "head_class": F.cross_entropy(class_logits, labels, reduction="sum") / n,
+            "head_box": smooth_l1(chosen - goals[foreground], beta=1.0) / n,
         }
         return None, losses
 
@@ -334,9 +382,8 @@ class TwoStageDetector(nn.Module):
         features = self.backbone(images)
         logits, deltas = self.rpn(features)
         proposals = self.propose(logits, deltas, self.cfg.proposals_test)
-        hidden = self.head(self.pool(features, proposals))
-        probs = self.class_logits(hidden).softmax(1)[:, : self.cfg.n_classes]  # (R, C)
-        box_deltas = self.box_deltas(hidden).reshape(len(hidden), -1, 4)  # (R, C, 4)
+        class_logits, box_deltas = self.classify(features, proposals)  # (R, C + 1), (R, C, 4)
+        probs = class_logits.softmax(1)[:, : self.cfg.n_classes]  # (R, C)
         results, start = [], 0
         size = self.cfg.image_size
         for boxes in proposals:
@@ -379,8 +426,8 @@ class YoloDetector(nn.Module):
         self.grid = cfg.image_size // self.backbone.stride
 
     def predict(self, images):
-        """(N, S, S, 5 + C): sigmoid x, y, sqrt w, sqrt h, confidence; class logits."""
-        out = self.head(self.backbone(images)).permute(0, 2, 3, 1)
+        """(N, S, S, 5 + C): sigmoid x, y, sqrt w, sqrt h, confidence; class logits (float32)."""
+        out = self.head(self.backbone(images)).float().permute(0, 2, 3, 1)
         return torch.cat([out[..., :5].sigmoid(), out[..., 5:]], dim=-1)
 
     def to_boxes(self, pred: torch.Tensor) -> torch.Tensor:
@@ -417,12 +464,15 @@ class YoloDetector(nn.Module):
                 boxes_px[i, row, col] = box
         return has_object, goal, cls, boxes_px
 
-    def forward(self, images, targets):
+    def forward(self, images, targets, generators=None, mean_count=own_count):
         """The YOLO v1 loss (eq. 3), one box per cell, summed and divided by the batch size:
 
         lambda_coord sum_obj [(x - x^)^2 + (y - y^)^2 + (sqrt w - sqrt w^)^2 + (sqrt h - ...)^2]
         + sum_obj (C - C^)^2 + lambda_noobj sum_noobj (C - C^)^2 + sum_obj sum_c (p(c) - p^(c))^2
         where the confidence target C is the IoU of the predicted box with the true one.
+
+        Nothing is drawn at random (generators go unused), and the count divided by is the
+        number of images, the same on every process of a torchrun job (mean_count unused).
         """
         pred = self.predict(images)
         has_object, goal, cls, boxes_px = self.encode_targets(targets, images.device)

@@ -6,6 +6,11 @@ scenes.
     python train.py --detector yolo          # or sliding, two-stage
     python train.py --preset mnist --data-dir DATA        # scenes of real MNIST digits
     python train.py --dataset voc --annotations my_voc/Annotations --image-root my_voc/JPEGImages
+    torchrun --standalone --nproc_per_node 2 train.py      # 2 processes (GPUs), one result
+
+Under torchrun every process trains on its share of each global batch (--batch-size) and the
+weights are those one process would reach with the whole batch; only the first process logs,
+evaluates and writes.
 """
 
 from __future__ import annotations
@@ -26,9 +31,13 @@ from shared.cli import Preset, RunConfig, arg, cli_main
 from shared.errors import UserError
 from shared.logging import progress, start_run
 from shared.runtime import (
+    PRECISION_HELP,
+    PRECISIONS,
+    Distributed,
     check_fits_in_memory,
     count_parameters,
-    get_device,
+    init_distributed,
+    mixed_precision,
     seed_everything,
     set_threads,
 )
@@ -94,11 +103,19 @@ class TrainConfig(RunConfig):
     clutter: int = arg(0, "random non-digit strokes per scene", min=0)
     max_overlap: float = arg(0.1, "largest IoU allowed between two digits' boxes", min=0, max=1)
     epochs: int = arg(12, "passes over the training scenes", min=1)
-    batch_size: int = arg(32, "scenes per step", min=1)
-    lr: float = arg(2e-3, "peak learning rate (AdamW, cosine decay)", min=0, min_inclusive=False)
+    batch_size: int = arg(
+        32, "scenes per step: the global batch, split over torchrun processes", min=1
+    )
+    lr: float = arg(
+        2e-3,
+        "peak learning rate for the global batch (AdamW, cosine decay)",
+        min=0,
+        min_inclusive=False,
+    )
     weight_decay: float = arg(1e-4, "AdamW weight decay", min=0)
     width: int = arg(16, "channels of the first backbone stage", min=4)
     roi_op: str = arg("align", "two-stage region features", choices=("align", "pool"))
+    precision: str = arg("auto", PRECISION_HELP, choices=PRECISIONS)
     score_threshold: float = arg(0.05, "lowest score kept when evaluating", min=0, max=1)
     log_every: int = arg(20, "steps between logged losses", min=1)
     threads: int = arg(0, "torch CPU threads (0: torch's default)", min=0)
@@ -124,17 +141,19 @@ def dry_run_config(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-def check_memory(cfg: TrainConfig, device) -> None:
+def check_memory(cfg: TrainConfig, device, processes: int) -> None:
     """Before anything is allocated: weights, gradients and AdamW's two moments (counted with
-    10 classes: the class count barely changes them); every scene; the feature maps of a
-    training batch (about 12 full-resolution maps of --width channels per image, the later
-    stages adding half as much again), twice over for the backward pass, and of a test batch;
-    and the fixed boxes (sliding windows or anchors) with their IoU against a scene's digits."""
+    10 classes: the class count barely changes them); every scene; the feature maps of this
+    process's share of a training batch (about 12 full-resolution maps of --width channels per
+    image, the later stages adding half as much again), twice over for the backward pass, and
+    of a test batch; and the fixed boxes (sliding windows or anchors) with their IoU against a
+    scene's digits."""
     model_cfg = DetectorConfig(cfg.detector, 10, cfg.canvas, cfg.width, roi_op=cfg.roi_op)
     n_params = count_parameters(lambda: build_detector(model_cfg))
     pixels = cfg.canvas**2
     scenes = cfg.train_scenes + cfg.val_scenes + cfg.test_scenes
-    feature_maps = 18 * cfg.width * pixels * (2 * cfg.batch_size + 64)  # 64: a test batch
+    share = math.ceil(cfg.batch_size / processes)
+    feature_maps = 18 * cfg.width * pixels * (2 * share + 64)  # 64: a test batch
     fixed_boxes = 9 * pixels / 16 if cfg.detector == "two-stage" else 0
     if cfg.detector == "sliding":
         fixed_boxes = 8 * pixels / 9 * (1 + 256 / 4)  # and each window's 16x16 crop
@@ -184,6 +203,42 @@ def load_data(cfg: TrainConfig):
     return train, test, test
 
 
+def check_batches_split(n_train: int, batch_size: int, dist: Distributed) -> None:
+    """Every global batch of an epoch, the last and smaller one too, gives each process as many
+    scenes (checked now, not when the last batch comes)."""
+    steps = math.ceil(n_train / batch_size)
+    for size in (min(batch_size, n_train), n_train - (steps - 1) * batch_size):
+        if size % dist.world_size:
+            raise UserError(
+                f"a global batch of {size} scenes (--batch-size {batch_size}, {n_train} training "
+                f"scenes) does not split over {dist.world_size} processes: make both multiples "
+                f"of {dist.world_size}"
+            )
+
+
+def scene_generators(batch: torch.Tensor, batch_rng: torch.Generator, dist: Distributed):
+    """This process's share of a global batch of scene indices, and one generator per scene
+    for the draws made for it (sampled anchors, regions, windows). Every process draws the
+    seeds of the whole batch from the same generator and keeps its share, so a scene's draws
+    do not depend on the process that trains on it: N processes equal one."""
+    seeds = torch.randint(2**62, (len(batch),), generator=batch_rng)
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in dist.shard(seeds)]
+    return dist.shard(batch), generators
+
+
+def train_step(model, images, targets, generators, optimizer, amp, dist) -> dict:
+    """One AdamW step on this process's share of the global batch; its loss terms."""
+    with amp.autocast():  # the models compute their losses in float32
+        # Each loss summed over samples is divided by the count of samples averaged over the
+        # processes, not by this process's own count, so that DDP's average of the gradients is
+        # the gradient of the global batch's loss (model.own_count has the derivation).
+        _, losses = model(images, targets, generators, mean_count=dist.all_reduce_mean)
+    optimizer.zero_grad()
+    amp.backward(sum(losses.values()))  # RPN + head, or YOLO's four terms
+    amp.step(optimizer)
+    return losses
+
+
 def targets_of(scenes, index, device):
     return [
         {
@@ -194,17 +249,16 @@ def targets_of(scenes, index, device):
     ]
 
 
-def evaluate(model, scenes, cfg: TrainConfig, device) -> dict:
+def evaluate(model, scenes, cfg: TrainConfig, device, amp) -> dict:
     """Detect on every held-out scene; mAP@0.5, COCO mAP and images per second."""
     model.eval()
     images = torch.from_numpy(scenes.images).to(device)
     predictions = []
     started = time.perf_counter()
     for batch in images.split(64):
-        predictions += [
-            tuple(t.cpu() for t in result)
-            for result in model.detect(batch, score_threshold=cfg.score_threshold)
-        ]
+        with amp.autocast():
+            results = model.detect(batch, score_threshold=cfg.score_threshold)
+        predictions += [tuple(t.cpu() for t in result) for result in results]
     seconds = time.perf_counter() - started
     truth = list(zip(scenes.boxes, scenes.labels))
     n_classes = len(scenes.classes)
@@ -224,55 +278,9 @@ def learning_rate(step: int, total_steps: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / warmup) * cosine
 
 
-def main(cfg: TrainConfig) -> dict:
-    if cfg.dry_run:
-        cfg = dry_run_config(cfg)
-    ckpt = load_for_resume(cfg, PROJECT, CHECKPOINT, must_match=MUST_MATCH)
-    seed_everything(cfg.seed)
-    set_threads(cfg.threads)
-    device = get_device(cfg.device)
-
-    check_memory(cfg, device)
-    train, validation, test = load_data(cfg)
-    model_cfg = DetectorConfig(
-        detector=cfg.detector,
-        n_classes=len(train.classes),
-        image_size=cfg.canvas,
-        width=cfg.width,
-        roi_op=cfg.roi_op,
-    )
-    run = start_run(f"detection ({cfg.detector})", cfg, PROJECT)
-    model = build_detector(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # Parts: the model and AdamW; the global generators (the shuffle, the sampled anchors,
-    # regions and windows) are kept with them.
-    state = TrainingState(run.path / CHECKPOINT, cfg, model=model, optimizer=optimizer)
-    start = state.restore(ckpt)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    inference_needs = dict(config=asdict(model_cfg), classes=list(train.classes))
-
-    images = torch.from_numpy(train.images).to(device)
-    step = start
-    for epoch in range(start // steps_per_epoch, cfg.epochs):
-        model.train()
-        order = torch.randperm(len(train))
-        for index in progress(order.split(cfg.batch_size), desc=f"epoch {epoch + 1}"):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, total_steps, cfg)
-            _, losses = model(images[index], targets_of(train, index.tolist(), device))
-            loss = sum(losses.values())  # RPN + head, or YOLO's four terms
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step % cfg.log_every == 0:
-                run.log(step=step, epoch=epoch + 1, loss=loss, **losses)
-        val_map50 = evaluate(model, validation, cfg, device)["voc"]["map"]
-        run.log(step=step, epoch=epoch + 1, val_map50=val_map50)
-        state.save(step, **inference_needs)
-
-    result = evaluate(model, test, cfg, device)
+def finish(run, model, test, cfg: TrainConfig, device, amp) -> dict:
+    """The test numbers and figures, and metrics.json (on the first process only)."""
+    result = evaluate(model, test, cfg, device, amp)
     report.write_figures(run.path, test, result, cfg.detector)
     voc = result["voc"]
     return run.finish(
@@ -285,6 +293,66 @@ def main(cfg: TrainConfig) -> dict:
         ap_per_class={test.classes[k]: v for k, v in voc["ap"].items()},
         test_scenes=len(test),
     )
+
+
+def main(cfg: TrainConfig) -> dict:
+    if cfg.dry_run:
+        cfg = dry_run_config(cfg)
+    dist = init_distributed(cfg.device)  # one process, or this one's place in a torchrun job
+    device = dist.device
+    ckpt = load_for_resume(cfg, PROJECT, CHECKPOINT, must_match=MUST_MATCH)
+    seed_everything(cfg.seed)  # alike on every process: the same initial weights
+    set_threads(cfg.threads)
+    amp = mixed_precision(cfg.precision, device)
+
+    check_memory(cfg, device, dist.world_size)
+    train, validation, test = load_data(cfg)
+    check_batches_split(len(train), cfg.batch_size, dist)
+    model_cfg = DetectorConfig(
+        detector=cfg.detector,
+        n_classes=len(train.classes),
+        image_size=cfg.canvas,
+        width=cfg.width,
+        roi_op=cfg.roi_op,
+    )
+    run = start_run(f"detection ({cfg.detector})", cfg, PROJECT, is_main=dist.is_main)
+    # Batch norm's statistics are those of the global batch, pooled over the processes.
+    model = dist.sync_batch_norm(build_detector(model_cfg).to(device))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The shuffle of every epoch and a seed per scene of every batch: alike on every process.
+    batch_rng = torch.Generator().manual_seed(cfg.seed)
+    scaler = {"scaler": amp.scaler} if amp.scaler else {}  # fp16 only
+    parts = dict(model=model, optimizer=optimizer, batch_rng=batch_rng, **scaler)
+    state = TrainingState(run.path / CHECKPOINT, cfg, dist=dist, **parts)
+    start = state.restore(ckpt)
+    ddp = dist.wrap(model)  # DDP under torchrun: rank 0's weights, gradients averaged
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    inference_needs = dict(config=asdict(model_cfg), classes=list(train.classes))
+
+    images = torch.from_numpy(train.images).to(device)
+    step = start
+    for epoch in range(start // steps_per_epoch, cfg.epochs):
+        ddp.train()
+        batches = torch.randperm(len(train), generator=batch_rng).split(cfg.batch_size)
+        for batch in progress(batches, desc=f"epoch {epoch + 1}", disable=not dist.is_main):
+            index, generators = scene_generators(batch, batch_rng, dist)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, total_steps, cfg)
+            targets = targets_of(train, index.tolist(), device)
+            losses = train_step(ddp, images[index], targets, generators, optimizer, amp, dist)
+            step += 1
+            if step % cfg.log_every == 0:  # the global batch's losses: means over processes
+                losses = {name: dist.all_reduce_mean(v.item()) for name, v in losses.items()}
+                run.log(step=step, epoch=epoch + 1, loss=sum(losses.values()), **losses)
+        if dist.is_main:  # no collective in here: the others wait in state.save
+            val_map50 = evaluate(model, validation, cfg, device, amp)["voc"]["map"]
+            run.log(step=step, epoch=epoch + 1, val_map50=val_map50)
+        state.save(step, **inference_needs)  # on every process; the first one writes
+
+    metrics = finish(run, model, test, cfg, device, amp) if dist.is_main else {}
+    dist.close()
+    return metrics
 
 
 if __name__ == "__main__":

@@ -14,10 +14,8 @@ PROJECT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run_script(PROJECT, "train.py", "--dry-run", "--out", out)
-    return out
+def trained(dry_run):
+    return dry_run("two-stage")
 
 
 def test_dry_run_writes_checkpoint_metrics_and_figures(trained):
@@ -47,9 +45,18 @@ def test_dry_run_writes_checkpoint_metrics_and_figures(trained):
 
 
 @pytest.mark.parametrize("detector", ["sliding", "yolo"])
-def test_other_detectors_dry_run(tmp_path, detector):
-    run_script(PROJECT, "train.py", "--dry-run", "--detector", detector, "--out", tmp_path)
-    assert (tmp_path / "metrics.json").exists()
+def test_other_detectors_dry_run(dry_run, detector):
+    assert (dry_run(detector) / "metrics.json").exists()
+
+
+def test_bf16_autocast_on_the_cpu_trains_close_to_float32(trained, tmp_path):
+    flags = ("--dry-run", "--threads", "1", "--precision", "bf16", "--out", tmp_path)
+    run_script(PROJECT, "train.py", *flags)
+    # The first two steps: later the sampled regions follow the proposals, which drift apart.
+    fp32, bf16 = (
+        [r["loss"] for r in read_log(run) if "loss" in r][:2] for run in (trained, tmp_path)
+    )
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.01)
 
 
 def test_inference_draws_boxes_on_a_generated_scene_and_on_an_image(trained, tmp_path):
@@ -154,3 +161,9 @@ def test_dry_run_and_inference_on_cuda(tmp_path, detector):
     ckpt = tmp_path / "model.pt"
     run_script(PROJECT, "inference.py", "--checkpoint", ckpt, *cuda, "--score-threshold", "0")
     assert (tmp_path / "inference.png").exists()
+
+
+def test_help_says_the_batch_and_learning_rate_are_for_the_global_batch():
+    shown = " ".join(run_script(PROJECT, "train.py", "--help").stdout.split())
+    assert "the global batch, split over torchrun processes" in shown
+    assert "peak learning rate for the global batch" in shown and "--precision" in shown

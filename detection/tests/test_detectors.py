@@ -1,3 +1,5 @@
+from contextlib import nullcontext
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,27 @@ def test_each_detector_loss_decreases_on_a_fixed_batch(detector):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_under_bf16_autocast_losses_and_boxes_stay_float32_and_near_the_float32_ones(detector):
+    torch.manual_seed(0)
+    model = build_detector(DetectorConfig(detector=detector, width=8)).eval()
+    images, targets = batch(4)
+    totals = {}
+    for name, precision in [
+        ("fp32", nullcontext()),
+        ("bf16", torch.autocast("cpu", dtype=torch.bfloat16)),
+    ]:
+        generators = [torch.Generator().manual_seed(i) for i in range(len(images))]
+        with precision:
+            losses = model(images, targets, generators)[1]
+            detections = model.detect(images, score_threshold=0.0)
+        assert all(loss.dtype == torch.float32 for loss in losses.values()), losses
+        assert all(b.dtype == s.dtype == torch.float32 for b, s, _ in detections)
+        totals[name] = sum(losses.values()).item()
+    assert totals["bf16"] != totals["fp32"]  # the networks did run in bfloat16
+    assert totals["bf16"] == pytest.approx(totals["fp32"], rel=0.02)
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
