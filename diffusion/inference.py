@@ -36,7 +36,7 @@ class InferenceConfig:
     steps: int = arg(50, "DDIM steps", min=1)
     eta: float = arg(0.0, "DDIM noise: 0 deterministic, 1 DDPM-like", min=0, max=1)
     variance: str = arg("fixed_small", "DDPM reverse variance", choices=VARIANCES)
-    clip: bool = arg(True, "clip every x_0 estimate to [-1, 1] (on; --no-clip turns it off)")
+    clip: bool = arg(True, "clip every x_0 estimate to [-1, 1]")
     class_: int = arg(-1, "generate this class (-1: unconditional)", min=-1)
     guidance: float = arg(1.0, "classifier-free guidance weight w (with --class)", min=0)
     raw_weights: bool = arg(False, "use the last step's weights instead of their moving average")

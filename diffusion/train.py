@@ -98,7 +98,7 @@ class TrainConfig(RunConfig):
     num_heads: int = arg(4, "attention heads", min=1)
     num_groups: int = arg(8, "GroupNorm groups", min=1)
     dropout: float = arg(0.0, "dropout in the residual blocks", min=0, max=1)
-    conditional: bool = arg(True, "learn class-conditional generation (on; --no-conditional)")
+    conditional: bool = arg(True, "learn class-conditional generation")
     p_uncond: float = arg(0.1, "probability a label is dropped in training (for guidance)", min=0)
     # The diffusion (diffusion.py)
     timesteps: int = arg(1000, "T, the number of noising steps", min=2)

@@ -46,7 +46,7 @@ class SampleConfig:
         min_inclusive=False,
     )
     kv_cache: bool = arg(
-        True, "reuse the keys and values of past tokens (--no-kv-cache: recompute; same tokens)"
+        True, "reuse the keys and values of past tokens (off: recompute them; the same tokens)"
     )
     seed: int = arg(0, "random seed", min=0)
     device: str = arg("auto", "auto, cpu, cuda, cuda:N or mps")
