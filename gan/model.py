@@ -44,8 +44,15 @@ class GANConfig:
 # D(x) below is the discriminator's raw output (a logit, or a critic score), shape (B, 1).
 
 
+def at_least_float32(x):
+    """x in float32 when autocast made it bf16 or fp16 (float32 and float64 stay): the losses
+    and the penalty are computed in full precision under mixed precision."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def discriminator_loss(kind: str, real, fake):
     """The discriminator's loss given its outputs on real and on generated images."""
+    real, fake = at_least_float32(real), at_least_float32(fake)
     if kind == "non-saturating":  # -E[log sigmoid(D(x))] - E[log(1 - sigmoid(D(G(z))))]
         return F.softplus(-real).mean() + F.softplus(fake).mean()
     if kind == "least-squares":  # 1/2 E[(D(x) - 1)^2] + 1/2 E[D(G(z))^2]  (Mao et al., 2017)
@@ -59,6 +66,7 @@ def discriminator_loss(kind: str, real, fake):
 
 def generator_loss(kind: str, fake):
     """The generator's loss given the discriminator's outputs on generated images."""
+    fake = at_least_float32(fake)
     if kind == "non-saturating":  # -E[log sigmoid(D(G(z)))], not E[log(1 - sigmoid(D(G(z))))]
         return F.softplus(-fake).mean()
     if kind == "least-squares":  # 1/2 E[(D(G(z)) - 1)^2]
@@ -68,17 +76,21 @@ def generator_loss(kind: str, fake):
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def gradient_penalty(critic, real, fake, labels=None, epsilon=None):
+def gradient_penalty(critic, real, fake, labels=None, epsilon=None, scale: float = 1.0):
     """E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat = eps x + (1 - eps) G(z)  (Gulrajani et al., 2017).
 
     create_graph=True keeps the gradient differentiable, so the penalty trains the critic.
+    epsilon (B, 1, 1, 1) is drawn here unless given. `scale` is fp16's loss scale: the scores
+    are multiplied by it before differentiating and the gradient divided by it after, so that
+    the fp16 gradient does not underflow; an overflow gives an inf penalty, and the scaler
+    then skips the step. The norm and the penalty are computed in float32 or more.
     """
     if epsilon is None:
         epsilon = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     x_hat = (epsilon * real + (1 - epsilon) * fake).requires_grad_(True)  # (B, C, S, S)
-    scores = critic(x_hat, labels)  # (B, 1)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)  # (B, C, S, S)
-    norms = grad.flatten(1).norm(dim=1)  # (B,)
+    scores = at_least_float32(critic(x_hat, labels))  # (B, 1)
+    (grad,) = torch.autograd.grad(scores.sum() * scale, x_hat, create_graph=True)  # (B, C, S, S)
+    norms = (at_least_float32(grad) / scale).flatten(1).norm(dim=1)  # (B,)
     return ((norms - 1) ** 2).mean()
 
 
@@ -131,9 +143,11 @@ class SpectralNorm(nn.Module):
         return torch.dot(u, self.weight_matrix() @ v)
 
     def forward(self, x):
-        if self.training:
-            self.power_iteration(self.n_power_iterations)
-        weight = self.layer.weight / self.sigma()  # W_SN = W / sigma(W)
+        # sigma in float32 under mixed precision too: autocast would run W v in bf16 or fp16.
+        with torch.autocast(x.device.type, enabled=False):
+            if self.training:
+                self.power_iteration(self.n_power_iterations)
+            weight = self.layer.weight / self.sigma()  # W_SN = W / sigma(W)
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, weight, self.layer.bias)
         conv = self.layer
@@ -248,7 +262,8 @@ class DCDiscriminator(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(config.channels + config.n_classes, w, 4, stride=2, padding=1),  # S/2
             nn.LeakyReLU(0.2),
-            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1),  # (B, 2W, S/4, S/4)
+            # No bias before batch norm, which subtracts it again (as in the generator).
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1, bias=not batch_norm),  # (B, 2W, S/4, S/4)
             nn.BatchNorm2d(2 * w) if batch_norm else nn.Identity(),
             nn.LeakyReLU(0.2),
             nn.Flatten(),  # (B, 2W*(S/4)^2)

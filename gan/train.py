@@ -5,6 +5,7 @@ class conditioning as options. (The NumPy GAN on 2-D points trains with `python 
     python train.py --model wgan-gp --spectral-norm  # gan, dcgan, lsgan, wgan-gp; --loss hinge
     python train.py --preset mnist-conditional --data-dir DATA
     python train.py --dataset folder --image-dir DIR --channels 3 --image-size 32
+    torchrun --standalone --nproc_per_node 2 train.py   # the same run, in two processes
 """
 
 from __future__ import annotations
@@ -36,9 +37,13 @@ from shared.logging import progress, start_run
 from shared.metrics import frechet_distance, get_judge
 from shared.plots import images_to_grid, save_image
 from shared.runtime import (
+    PRECISION_HELP,
+    PRECISIONS,
+    MixedPrecision,
     check_fits_in_memory,
     count_parameters,
-    get_device,
+    init_distributed,
+    mixed_precision,
     seed_everything,
     set_threads,
 )
@@ -111,10 +116,14 @@ class TrainConfig(RunConfig):
     steps_per_epoch: int = arg(
         0, "generator steps per epoch (0: training images / batch size)", min=0
     )
-    batch_size: int = arg(64, "images per batch", min=1)
+    batch_size: int = arg(
+        64, "images per batch: the global batch, split over torchrun processes", min=1
+    )
     z_dim: int = arg(64, "latent size", min=1)
     width: int = arg(64, "channels of the first conv layer (MLP: x4 hidden units)", min=1)
-    lr: float = arg(0.0, "Adam learning rate (0: 2e-4, or 1e-4 for wgan-gp)", min=0)
+    lr: float = arg(
+        0.0, "Adam learning rate, for the global batch (0: 2e-4, or 1e-4 for wgan-gp)", min=0
+    )
     n_critic: int = arg(
         0, "discriminator updates per generator update (0: 5 for wgan-gp, else 1)", min=0
     )
@@ -122,6 +131,7 @@ class TrainConfig(RunConfig):
     num_eval: int = arg(0, "samples judged at the end (0: as many as the real test images)", min=0)
     save_every: int = arg(10, "epochs between checkpoints", min=1)
     log_every: int = arg(10, "generator steps between log lines", min=1)
+    precision: str = arg("auto", PRECISION_HELP, choices=PRECISIONS)
     threads: int = arg(0, "torch CPU threads (0: torch's default)", min=0)
 
     def check(self):
@@ -215,13 +225,126 @@ def optimizers(gan: ImageGAN, cfg: TrainConfig):
     )
 
 
+def epoch_steps(cfg: TrainConfig, n_images: int) -> int:
+    """Generator steps per epoch: one pass over the images in global batches (any process count)."""
+    return cfg.steps_per_epoch or max(1, n_images // cfg.batch_size)
+
+
+@dataclass
+class Player:
+    """One network of the game and what trains it: the network, its DDP wrapper (the network
+    itself in one process), its Adam optimiser and its mixed precision (autocast, and under
+    fp16 a loss scale of its own: the two players' gradients differ in size)."""
+
+    net: torch.nn.Module
+    ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    amp: MixedPrecision
+
+    def update(self, loss) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.amp.backward(loss)  # under DDP the gradients are averaged over the ranks here
+        self.amp.step(self.optimizer)
+
+
+def build_players(gan: ImageGAN, cfg: TrainConfig, dist) -> tuple[Player, Player]:
+    """Batch norm pooled over the ranks, then each network's optimiser and precision. (The
+    optimisers come after sync_batch_norm, which puts in new batch-norm layers.)"""
+    dist.sync_batch_norm(gan)  # every BatchNorm normalises over the global batch
+    opt_G, opt_D = optimizers(gan, cfg)
+    amp_G, amp_D = (mixed_precision(cfg.precision, dist.device) for _ in range(2))
+    G = Player(gan.generator, gan.generator, opt_G, amp_G)  # DDP wraps them after the restore
+    D = Player(gan.discriminator, gan.discriminator, opt_D, amp_D)
+    return G, D
+
+
+def my_share(dist, draw):
+    """This rank's slice of a draw made at the global batch size, moved to this rank's device.
+
+    Every rank draws the whole global batch from torch's generator, on the CPU and seeded alike
+    everywhere, and keeps its own part: N processes see exactly the examples of one process.
+    """
+    return dist.shard(draw).to(dist.device)
+
+
+def discriminator_step(D: Player, G: Player, x_real, y, z, epsilon, cfg, loss_kind: str):
+    """One update of D on this rank's share of a real and a generated batch.
+
+    D's DDP wrapper runs on the real, the generated (and the penalty's mixed) images before the
+    one backward: autograd sums each weight's gradient over the calls, DDP averages the sum
+    over the ranks once, so the gradient is that of the loss of the global batch.
+    """
+    with D.amp.autocast():
+        with torch.no_grad():  # fakes get the real batch's labels: the penalty pairs them
+            x_fake = G.net(z, y).float()  # float32, as the real images the penalty mixes in
+        loss = discriminator_loss(loss_kind, D.ddp(x_real, y), D.ddp(x_fake, y))
+        if epsilon is not None:  # WGAN-GP: + lambda E[(||grad D(x_hat)|| - 1)^2]
+            scale = D.amp.scaler.get_scale() if D.amp.scaler else 1.0  # fp16's loss scale
+            penalty = gradient_penalty(D.ddp, x_real, x_fake, y, epsilon, scale)
+            loss = loss + cfg.gp_weight * penalty
+    D.update(loss)
+    return loss.detach()
+
+
+def generator_step(G: Player, D: Player, z, y, loss_kind: str):
+    """One update of G against the discriminator as it now stands.
+
+    It goes through D's plain module, not D's DDP wrapper: the gradient that reaches G through
+    D is the same (D's weights are equal on every rank), while D's own gradients of this step
+    are thrown away (D zeroes them before its next backward) and need no averaging.
+    """
+    with G.amp.autocast():
+        loss = generator_loss(loss_kind, D.net(G.ddp(z, y), y))
+    G.update(loss)
+    return loss.detach()
+
+
+def train(gan: ImageGAN, G: Player, D: Player, data, cfg, run, state, start: int, dist) -> list:
+    """The game from step `start`: n_critic updates of D, then one of G, per generator step.
+    Returns the grids of the fixed latents after each epoch (drawn by rank 0 only)."""
+    images, labels = data
+    K, B, Z, loss_kind = gan.config.n_classes, cfg.batch_size, cfg.z_dim, gan.config.loss
+    n_critic = cfg.n_critic or (5 if cfg.model == "wgan-gp" else 1)  # WGAN-GP's recipe: 5
+    fixed = torch.Generator().manual_seed(cfg.seed + 1)
+    fixed_z = torch.randn(64, Z, generator=fixed).to(dist.device)
+    fixed_labels = (torch.arange(64) % K).to(dist.device) if K else None
+    frames = [np.asarray(f) for f in state.extra.get("frames", [])]  # the grid after each epoch
+    steps_per_epoch = epoch_steps(cfg, len(images))
+    total = cfg.epochs * steps_per_epoch
+    steps = range(start, total)
+    for step in progress(steps, desc="train", total=total, initial=start, disable=not dist.is_main):
+        # 1. discriminator (critic): n_critic updates on fresh real and generated batches
+        for _ in range(n_critic):
+            index = my_share(dist, torch.randint(0, len(images), (B,)))
+            z = my_share(dist, torch.randn(B, Z))
+            epsilon = my_share(dist, torch.rand(B, 1, 1, 1)) if cfg.model == "wgan-gp" else None
+            y = None if labels is None else labels[index]
+            loss_D = discriminator_step(D, G, images[index], y, z, epsilon, cfg, loss_kind)
+        # 2. generator: one update against the discriminator as it now stands
+        y_fake = my_share(dist, torch.randint(0, K, (B,))) if K else None
+        loss_G = generator_step(G, D, my_share(dist, torch.randn(B, Z)), y_fake, loss_kind)
+        if (step + 1) % cfg.log_every == 0:  # the global batch's losses: the mean of the ranks'
+            losses = dict(loss_D=dist.all_reduce_mean(loss_D), loss_G=dist.all_reduce_mean(loss_G))
+            run.log(step=step + 1, **losses)
+        if (step + 1) % steps_per_epoch == 0:  # an epoch ends: a GIF frame, maybe a checkpoint
+            epoch = (step + 1) // steps_per_epoch
+            if dist.is_main:
+                frames.append(snapshot(gan, fixed_z, fixed_labels, run.path, epoch))
+            if epoch % cfg.save_every == 0 or epoch == cfg.epochs:  # on every rank: see state.save
+                so_far = np.stack(frames) if dist.is_main else None  # only rank 0 writes
+                state.save(step + 1, config=asdict(gan.config), frames=so_far)
+    return frames
+
+
 def main(cfg: TrainConfig) -> dict:
     if cfg.dry_run:
         cfg = dry_run_config(cfg)
+    dist = init_distributed(cfg.device)
+    device = dist.device
+    dist.shard(range(cfg.batch_size))  # a batch that does not split: one line, nothing written
     ckpt = load_for_resume(cfg, PROJECT, CHECKPOINT, must_match=MUST_MATCH)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # alike on every rank: the same weights, batches and latents
     set_threads(cfg.threads)
-    device = get_device(cfg.device)
     config = gan_config(cfg)
     check_memory(config, cfg, device)
     x_train, y_train, _ = load_training_images(
@@ -231,52 +354,31 @@ def main(cfg: TrainConfig) -> dict:
     labels = torch.from_numpy(y_train).to(device) if cfg.conditional else None
     name = cfg.model + (" + spectral norm" if cfg.spectral_norm else "")
     name += f" ({config.loss} loss)" if cfg.loss != "auto" else ""
-    run = start_run(f"{name} on {cfg.dataset}", cfg, PROJECT)
+    run = start_run(f"{name} on {cfg.dataset}", cfg, PROJECT, is_main=dist.is_main)
     gan = ImageGAN(config).to(device)
-    G, D = gan.generator, gan.discriminator
-    opt_G, opt_D = optimizers(gan, cfg)
-    print(f"{name}: G {n_parameters(G):,} and D {n_parameters(D):,} parameters on {device}")
-    state = TrainingState(run.path / CHECKPOINT, cfg, model=gan, opt_G=opt_G, opt_D=opt_D)
+    G, D = build_players(gan, cfg, dist)
+    scalers = {f"scaler_{n}": p.amp.scaler for n, p in (("G", G), ("D", D)) if p.amp.scaler}
+    state = TrainingState(
+        run.path / CHECKPOINT, cfg, dist=dist, model=gan, opt_G=G.optimizer, opt_D=D.optimizer,
+        **scalers,
+    )  # fmt: skip
     start = state.restore(ckpt)  # also torch's generator, which draws every batch and latent
-    frames = [np.asarray(f) for f in state.extra.get("frames", [])]  # the grid after each epoch
-    fixed = torch.Generator().manual_seed(cfg.seed + 1)
-    fixed_z = torch.randn(64, cfg.z_dim, generator=fixed).to(device)
-    K, B, Z = config.n_classes, cfg.batch_size, cfg.z_dim
-    n_critic = cfg.n_critic or (5 if cfg.model == "wgan-gp" else 1)  # WGAN-GP's recipe: 5
-    fixed_labels = (torch.arange(64) % K).to(device) if K else None
-    steps_per_epoch = cfg.steps_per_epoch or max(1, len(images) // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    (run.path / "samples").mkdir(exist_ok=True)
-
+    G.ddp, D.ddp = dist.wrap(G.net), dist.wrap(D.net)  # after the restore: rank 0's weights
+    if dist.is_main:
+        processes = f", {dist.world_size} processes" if dist.enabled else ""
+        n_G, n_D = n_parameters(G.net), n_parameters(D.net)
+        print(f"{name}: G {n_G:,} and D {n_D:,} parameters on {device}, {G.amp.name}{processes}")
+        (run.path / "samples").mkdir(exist_ok=True)
     gan.train()
-    for step in progress(range(start, total), desc="train", total=total, initial=start):
-        # 1. discriminator (critic): n_critic updates on fresh real and generated batches
-        for _ in range(n_critic):
-            index = torch.randint(0, len(images), (B,), device=device)
-            x_real, y = images[index], None if labels is None else labels[index]
-            with torch.no_grad():  # fakes get the real batch's labels: the penalty pairs them
-                x_fake = G(torch.randn(B, Z, device=device), y)
-            loss_D = discriminator_loss(config.loss, D(x_real, y), D(x_fake, y))
-            if cfg.model == "wgan-gp":  # + lambda E[(||grad D(x_hat)|| - 1)^2]
-                loss_D = loss_D + cfg.gp_weight * gradient_penalty(D, x_real, x_fake, y)
-            opt_D.zero_grad(set_to_none=True)
-            loss_D.backward()
-            opt_D.step()
-        # 2. generator: one update against the discriminator as it now stands
-        y_fake = torch.randint(0, K, (B,), device=device) if K else None
-        loss_G = generator_loss(config.loss, D(G(torch.randn(B, Z, device=device), y_fake), y_fake))
-        opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
-        opt_G.step()
-        if (step + 1) % cfg.log_every == 0:
-            run.log(step=step + 1, loss_D=loss_D.item(), loss_G=loss_G.item())
-        if (step + 1) % steps_per_epoch == 0:  # an epoch ends: a GIF frame, maybe a checkpoint
-            epoch = (step + 1) // steps_per_epoch
-            frames.append(snapshot(gan, fixed_z, fixed_labels, run.path, epoch))
-            if epoch % cfg.save_every == 0 or epoch == cfg.epochs:
-                state.save(step + 1, config=asdict(config), frames=np.stack(frames))
+    frames = train(gan, G, D, (images, labels), cfg, run, state, start, dist)
+    metrics = finish(gan, cfg, run, frames, x_train, name, dist) if dist.is_main else {}
+    dist.close()
+    return metrics
 
-    scores, samples = evaluate(gan, cfg, x_train, device)
+
+def finish(gan: ImageGAN, cfg: TrainConfig, run, frames, x_train, name: str, dist) -> dict:
+    """Rank 0 alone judges the samples, draws the figures and writes metrics.json."""
+    scores, samples = evaluate(gan, cfg, x_train, dist.device)
     report.write_image_figures(run.path, frames, samples.numpy(), name)
     metric = "frechet_thumbnails" if cfg.dataset == "folder" else "frechet"
     return run.finish(
@@ -284,7 +386,8 @@ def main(cfg: TrainConfig) -> dict:
         value=scores.pop(metric),
         higher_is_better=False,
         **scores,
-        generator_steps=total,
+        generator_steps=cfg.epochs * epoch_steps(cfg, len(x_train)),
+        processes=dist.world_size,
     )
 
 

@@ -127,6 +127,38 @@ def test_spectral_norm_matches_torch_parametrization_from_the_same_vectors(kind)
         reference.zero_grad()
 
 
+def test_spectral_norm_keeps_sigma_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(3, 4, 3)
+    plain, autocast = SpectralNorm(layer), SpectralNorm(torch.nn.Conv2d(3, 4, 3))
+    autocast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 5, 5)
+    plain(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = autocast(x)
+    assert out.dtype == torch.bfloat16  # the convolution itself runs in bf16
+    assert autocast.u.dtype == torch.float32
+    assert torch.equal(autocast.u, plain.u) and torch.equal(autocast.v, plain.v)
+    assert torch.equal(autocast.sigma(), plain.sigma())
+
+
+@pytest.mark.parametrize("kind", LOSSES)
+def test_losses_and_penalty_are_float32_from_bf16_scores(kind):
+    real, fake = REAL.bfloat16(), FAKE.bfloat16()
+    assert discriminator_loss(kind, real, fake).dtype == torch.float32
+    assert generator_loss(kind, fake).dtype == torch.float32
+
+
+def test_gradient_penalty_with_a_loss_scale_equals_the_unscaled_one():
+    torch.manual_seed(0)
+    critic = ImageGAN(small_config(model="wgan-gp")).discriminator.double()
+    real, fake = torch.rand(4, 1, 8, 8).double(), torch.rand(4, 1, 8, 8).double()
+    eps = torch.rand(4, 1, 1, 1).double()
+    plain = gradient_penalty(critic, real, fake, epsilon=eps)
+    scaled = gradient_penalty(critic, real, fake, epsilon=eps, scale=2.0**16)
+    assert torch.allclose(scaled, plain, rtol=1e-12)
+
+
 def test_spectral_norm_makes_a_linear_layer_one_lipschitz():
     torch.manual_seed(0)
     layer = SpectralNorm(torch.nn.Linear(10, 10, bias=False).double())
