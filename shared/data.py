@@ -254,6 +254,49 @@ _TOY_NOISE = {
 }
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """A folder's image files, recursively, in sorted order; none at all is a DataError."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
+    return files
+
+
+def read_square_image(path: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+    """One picture as float32 (channels, size, size) in [0, 1]: its centred square, resized
+    bilinearly, read as grey (1 channel, ITU-R 601 luma) or colour (3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            side = min(image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"{path} is not a readable image ({type(err).__name__})") from None
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)  # (C, S, S)
+
+
+def load_image_folder(folder: str | os.PathLike, size: int, channels: int) -> np.ndarray:
+    """Every image of a folder (recursively), (N, channels, size, size) float32 in [0, 1].
+
+    The memory the array needs is checked before any image is read."""
+    from shared.runtime import check_fits_in_memory
+
+    files = image_files(folder)
+    check_fits_in_memory(4 * len(files) * channels * size * size, f"--image-size {size}")
+    return np.stack([read_square_image(path, size, channels) for path in files])
+
+
 def make_toy(name: str, n: int = 600, noise: float | None = None, seed: int = 0):
     """A 2-D classification set: X float64 (n, 2), y int64 (n,). Same seed, same points."""
     if name not in TOY_DATASETS:

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shared.data import IMAGE_DATASETS, load_images
+from shared.data import IMAGE_DATASETS, IMAGE_SUFFIXES, load_images
 from shared.errors import DataError
 
 # Training + test images of each named set, known before reading it (for the memory estimate).
 N_IMAGES = {"digits": 1797, "mnist": 70_000, "fashion-mnist": 70_000}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:

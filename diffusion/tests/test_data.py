@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
-from data import load_folder, load_training_images
+from data import load_training_images
 from PIL import Image
 
+from shared.data import load_image_folder as load_folder
 from shared.errors import DataError
 
 

@@ -62,7 +62,7 @@ def write_pictures(folder: Path) -> None:
 
 
 def test_centre_square_of_a_picture_is_what_a_folder_loads(tmp_path):
-    from data import load_folder
+    from shared.data import load_image_folder as load_folder
 
     pixels = np.zeros((2, 6, 3), dtype=np.uint8)  # 2 high, 6 wide: black sides
     pixels[:, 2:4] = (255, 0, 0)  # the centred 2x2 square is red

@@ -188,3 +188,24 @@ def test_names_keep_their_spelling_when_asked(tmp_path):
     path.write_text("Chloe\n\nemma\n")
     assert load_names(path) == ["chloe", "emma"]
     assert load_names(path, lower=False) == ["Chloe", "emma"]
+
+
+def test_an_image_folder_is_read_as_centred_squares_and_a_bad_file_is_named(tmp_path):
+    from PIL import Image
+
+    from shared.data import load_image_folder
+
+    wide = np.zeros((4, 8, 3), np.uint8)
+    wide[:, 2:6] = 255  # the centred 4x4 square is all white, the sides black
+    Image.fromarray(wide).save(tmp_path / "a.png")
+    Image.fromarray(np.full((6, 6), 51, np.uint8)).save(tmp_path / "b.bmp")
+    x = load_image_folder(tmp_path, size=2, channels=1)
+    assert x.shape == (2, 1, 2, 2) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], 1.0)
+    np.testing.assert_allclose(x[1], 0.2)
+    (tmp_path / "c.jpg").write_text("not an image")
+    with pytest.raises(DataError, match=r"c\.jpg is not a readable image"):
+        load_image_folder(tmp_path, size=2, channels=1)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_image_folder(tmp_path / "empty", size=2, channels=1)
