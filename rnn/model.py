@@ -31,6 +31,7 @@ class ModelConfig:
     hidden: int = 256  # H, width of every recurrent layer
     n_layer: int = 1  # recurrent layers stacked on top of each other
     dtype: str = "float32"  # float64 in the tests, float32 (twice as fast) for training
+    dropout: float = 0.0  # on every non-recurrent connection, in training only
 
 
 def sigmoid(x):
@@ -87,6 +88,29 @@ class Dense:
 
     def grads(self):
         return {"W": self.dW, "b": self.db}
+
+
+class Dropout:
+    """Inverted dropout (Srivastava et al., 2014): y = x * m / (1 - p), m_j ~ Bernoulli(1 - p).
+
+    Dividing by 1 - p keeps E[y] = x, so evaluation simply skips the layer. Applied to the
+    non-recurrent connections only, never to h_{t-1} -> h_t (Zaremba et al., 2014): the memory
+    carried through time stays intact, only what enters and leaves each layer is thinned.
+    """
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def forward(self, x, rng):  # x: any shape; rng None (evaluation): the identity
+        if rng is None or self.p == 0:
+            self.mask = None
+            return x
+        keep = rng.random(x.shape, dtype=x.dtype) >= self.p
+        self.mask = keep.astype(x.dtype) / (1.0 - self.p)  # (same shape as x): 0 or 1/(1-p)
+        return x * self.mask
+
+    def backward(self, dout):  # dL/dx = dL/dy * m / (1 - p): the same mask, the same scale
+        return dout if self.mask is None else dout * self.mask
 
 
 def cross_entropy(logits, targets):
@@ -284,19 +308,25 @@ class Recurrent:
 
 def training_bytes(config: ModelConfig, batch_size: int, seq_len: int) -> int:
     """About what training needs: weights (drawn in float64, then cast) with a gradient and two
-    Adam moments each, and per time step every layer's gates and states with their gradients."""
+    Adam moments each, and per time step every layer's gates, states (and dropout masks) with
+    their gradients."""
     gates = CELL_TYPES[config.cell].n_gates * config.hidden
     n_in = [config.n_embd] + [config.hidden] * (config.n_layer - 1)
     weights = config.vocab_size * config.n_embd + (config.hidden + 1) * config.vocab_size
     weights += sum(gates * (d + config.hidden + 2) for d in n_in)
     steps = batch_size * seq_len
     activations = steps * (config.n_layer * (gates + 3 * config.hidden) + 2 * config.vocab_size)
+    if config.dropout > 0:  # a mask beside the input of every layer and of the head
+        activations += steps * (config.n_embd + config.n_layer * config.hidden)
     item = np.dtype(config.dtype).itemsize
     return 8 * weights + item * (4 * weights + 2 * activations)
 
 
 class CharRNN:
-    """Characters -> embedding -> n_layer recurrent layers -> linear -> softmax over V."""
+    """Characters -> embedding -> n_layer recurrent layers -> linear -> softmax over V.
+
+    With config.dropout > 0, a dropout sits before every recurrent layer and before the head.
+    """
 
     def __init__(self, config: ModelConfig, rng: np.random.Generator):
         if config.cell not in CELL_TYPES:
@@ -308,6 +338,8 @@ class CharRNN:
         for layer in range(config.n_layer):
             n_in = config.n_embd if layer == 0 else config.hidden
             self.layers.append(Recurrent(CELL_TYPES[config.cell](n_in, config.hidden, rng)))
+        # drops[l] thins the input of layer l, drops[n_layer] the input of the head
+        self.drops = [Dropout(config.dropout) for _ in range(config.n_layer + 1)]
         self.head = Dense(config.hidden, config.vocab_size, rng)
         for name, param in self.named_params().items():  # one dtype everywhere, in place
             self._set(name, param.astype(self.dtype))
@@ -354,18 +386,21 @@ class CharRNN:
     def initial_state(self, batch: int) -> list[tuple]:
         return [layer.cell.initial_state(batch, self.dtype) for layer in self.layers]
 
-    def forward(self, idx, targets=None, state=None):
+    def forward(self, idx, targets=None, state=None, dropout_rng=None):
         """idx: (B, T) character ids -> logits (B, T, V), loss (nats per character), last state.
 
         targets: (B, T) next-character ids, -1 where there is nothing to predict (padding).
+        dropout_rng: the generator that draws the dropout masks in training; None (evaluation,
+        sampling) turns dropout off.
         """
         B, T = idx.shape
         state = self.initial_state(B) if state is None else state
         x = self.embedding.forward(idx)  # (B, T, E)
         new_state = []
-        for layer, layer_state in zip(self.layers, state):
-            x, last = layer.forward(x, layer_state)  # (B, T, H)
+        for layer, drop, layer_state in zip(self.layers, self.drops, state):
+            x, last = layer.forward(drop.forward(x, dropout_rng), layer_state)  # (B, T, H)
             new_state.append(last)
+        x = self.drops[-1].forward(x, dropout_rng)
         logits = self.head.forward(x.reshape(B * T, -1))  # (B*T, V)
         loss = None
         if targets is not None:
@@ -380,10 +415,12 @@ class CharRNN:
         """
         B, T = self.embedding.idx.shape
         dx = self.head.backward(self.dlogits).reshape(B, T, -1)  # (B, T, H)
+        dx = self.drops[-1].backward(dx)
         dstate = dstate or [None] * len(self.layers)
         dfirst = [None] * len(self.layers)
         for i in reversed(range(len(self.layers))):
             dx, dfirst[i] = self.layers[i].backward(dx, dstate[i])
+            dx = self.drops[i].backward(dx)
         self.embedding.backward(dx)
         return dfirst
 
@@ -424,6 +461,17 @@ def clip_grad_norm(grads, max_norm: float) -> float:
         for g in grads:
             g *= scale
     return total
+
+
+def cosine_lr(step: int, max_steps: int, lr: float, min_lr: float) -> float:
+    """The learning rate of step 1..max_steps, falling from lr to min_lr along half a cosine:
+
+    lr_s = min_lr + (lr - min_lr) (1 + cos(pi (s - 1) / (S - 1))) / 2   (Loshchilov & Hutter, 2017)
+
+    Large steps while the loss falls fast, small ones at the end to settle into the minimum.
+    """
+    progress = (step - 1) / max(max_steps - 1, 1)  # 0 at the first step, 1 at the last
+    return float(min_lr + (lr - min_lr) * 0.5 * (1.0 + np.cos(np.pi * progress)))
 
 
 class Adam:

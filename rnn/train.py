@@ -32,6 +32,7 @@ from model import (
     CharRNN,
     ModelConfig,
     clip_grad_norm,
+    cosine_lr,
     training_bytes,
 )
 from report import plot_losses, write_samples
@@ -55,20 +56,23 @@ MUST_MATCH += ("batch_size", "seq_len", "seed")
 class TrainConfig(RunConfig):
     PRESETS = {
         "names": Preset(
-            "makemore's 32,033 names (DATA/names/names.txt), an LSTM of width 192, 10,000 steps",
+            "makemore's 32,033 names (DATA/names/names.txt), an LSTM of width 256, dropout 0.25, "
+            "20,000 steps, the learning rate decayed from 3e-3 to 3e-4 (cosine)",
             dict(
-                dataset="names", cell="lstm", hidden=192, batch_size=32, max_steps=10_000,
-                time_budget=1200.0, eval_interval=500, checkpoint_interval=500,
+                dataset="names", cell="lstm", hidden=256, dropout=0.25, batch_size=32,
+                lr_decay="cosine", lr=3e-3, min_lr=3e-4, max_steps=20_000, time_budget=1200.0,
+                eval_interval=500, checkpoint_interval=500,
             ),
             anchor="makemore on names.txt: MLP 2.17, BatchNorm MLP 2.10, WaveNet 1.993 nats/char",
             report=("val_bits_per_char", "steps"),
         ),
         "shakespeare": Preset(
-            "tiny Shakespeare (DATA/shakespeare/input.txt), a GRU of width 256, 5,000 steps",
+            "tiny Shakespeare (DATA/shakespeare/input.txt), a GRU of width 256, dropout 0.2, "
+            "windows of 100, 6,000 steps, the learning rate decayed from 3e-3 to 3e-4 (cosine)",
             dict(
-                dataset="shakespeare", cell="gru", hidden=256, batch_size=32, seq_len=100,
-                max_steps=5_000, time_budget=1800.0, eval_interval=250,
-                checkpoint_interval=500,
+                dataset="shakespeare", cell="gru", hidden=256, dropout=0.2, batch_size=32,
+                seq_len=100, lr_decay="cosine", lr=3e-3, min_lr=3e-4, max_steps=6_000,
+                time_budget=1800.0, eval_interval=250, checkpoint_interval=500,
             ),
             anchor="char-rnn, a 3-layer LSTM of width 512 on tiny Shakespeare: 1.395 nats/char",
             report=("val_bits_per_char", "steps"),
@@ -81,9 +85,20 @@ class TrainConfig(RunConfig):
     n_embd: int = arg(64, "character embedding width", min=1)
     hidden: int = arg(128, "hidden state width of each recurrent layer", min=1)
     n_layer: int = arg(1, "stacked recurrent layers", min=1)
+    dropout: float = arg(
+        0.0, "probability of zeroing an input of a recurrent layer or of the output layer "
+        "(training only; below 1)", min=0,
+    )  # fmt: skip
     batch_size: int = arg(32, "sequences per step", min=1)
     seq_len: int = arg(64, "characters per window: the truncated BPTT length", min=1)
-    lr: float = arg(3e-3, "Adam learning rate", min=0, min_inclusive=False)
+    lr: float = arg(
+        3e-3, "Adam learning rate (of the first step with --lr-decay cosine)", min=0,
+        min_inclusive=False,
+    )  # fmt: skip
+    lr_decay: str = arg(
+        "none", "learning-rate schedule over --max-steps", choices=("none", "cosine")
+    )
+    min_lr: float = arg(3e-4, "the last step's learning rate with --lr-decay cosine", min=0)
     grad_clip: float = arg(5.0, "clip the global gradient norm to this", min=0, min_inclusive=False)
     max_steps: int = arg(1500, "training steps", min=1)
     time_budget: float = arg(
@@ -101,6 +116,10 @@ class TrainConfig(RunConfig):
     def check(self):
         if self.text_file and (self.names_file or self.dataset == "names"):
             raise UserError("give --text-file or names (--names-file, --dataset names), not both")
+        if self.dropout >= 1:
+            raise UserError(
+                f"--dropout must be below 1 (it keeps 1 - p of the inputs), got {self.dropout}"
+            )
         if self.device not in ("auto", "cpu"):
             raise UserError(f"this NumPy project runs on the CPU only, got --device {self.device}")
 
@@ -164,6 +183,26 @@ def make_batches(corpus: Corpus, cfg: TrainConfig):
     return None, [pad_names(val[i : i + 256], corpus.vocab) for i in range(0, len(val), 256)]
 
 
+def next_batch(corpus: Corpus, train_batches, cfg: TrainConfig, step: int, rng, carried):
+    """Step's inputs and targets, each (B, T), and the state to start it from: the next window
+    of every stream with the carried state (text), or random names from zeros (names)."""
+    if corpus.mode == "text":
+        if (step - 1) % train_batches.n_windows == 0:
+            carried = None  # back at the start of the streams: nothing to carry over
+        x, y = train_batches.window(step - 1)
+        return x, y, carried
+    picked = rng.integers(0, len(corpus.train), cfg.batch_size)
+    x, y = pad_names([corpus.train[i] for i in picked], corpus.vocab)
+    return x, y, None  # every name starts from zeros
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """--lr at every step, or (--lr-decay cosine) falling from --lr to --min-lr by the last."""
+    if cfg.lr_decay == "cosine":
+        return cosine_lr(step, cfg.max_steps, cfg.lr, cfg.min_lr)
+    return cfg.lr
+
+
 def evaluate(model: CharRNN, corpus: Corpus, val_batches, max_chars: int | None = None) -> float:
     """Mean validation loss in nats per character; text: about max_chars of it (None: all)."""
     if corpus.mode == "text":  # windows in order, state carried, as in training
@@ -197,7 +236,9 @@ def main(cfg: TrainConfig) -> dict:
 
 def build_model(cfg: TrainConfig, vocab_size: int, rng: np.random.Generator) -> CharRNN:
     """The network the flags describe, once an estimate of its memory says it fits."""
-    config = ModelConfig(vocab_size, cfg.cell, cfg.n_embd, cfg.hidden, cfg.n_layer)
+    config = ModelConfig(
+        vocab_size, cfg.cell, cfg.n_embd, cfg.hidden, cfg.n_layer, dropout=cfg.dropout
+    )
     check_fits_in_memory(
         training_bytes(config, cfg.batch_size, cfg.seq_len),
         f"--hidden {cfg.hidden} --n-layer {cfg.n_layer} --batch-size {cfg.batch_size}",
@@ -249,19 +290,14 @@ def train(cfg: TrainConfig) -> dict:
     bar = progress(range(step + 1, cfg.max_steps + 1), desc=f"train {cfg.cell}")
     for step in bar:  # step = steps done once this one is
         # 1. a batch: the next window of every stream (text) or random names
-        if corpus.mode == "text":
-            if (step - 1) % train_batches.n_windows == 0:
-                carried = None  # back at the start of the streams: nothing to carry over
-            x, y = train_batches.window(step - 1)
-        else:
-            picked = rng.integers(0, len(corpus.train), cfg.batch_size)
-            x, y = pad_names([corpus.train[i] for i in picked], vocab)
-            carried = None  # every name starts from zeros
-        # 2. forward, carrying the state; backward stops at the window's start (truncated BPTT)
-        _, loss, carried = model.forward(x, y, carried)
+        x, y, carried = next_batch(corpus, train_batches, cfg, step, rng, carried)
+        # 2. forward (dropout masks from rng), carrying the state; backward stops at the
+        # window's start (truncated BPTT)
+        _, loss, carried = model.forward(x, y, carried, dropout_rng=rng)
         model.backward()
-        # 3. clip the global norm, then Adam
+        # 3. clip the global norm, then Adam at this step's learning rate
         grad_norm = clip_grad_norm(grads, cfg.grad_clip)
+        optimizer.lr = learning_rate(cfg, step)
         optimizer.step()
         window_loss.append(float(loss))
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
@@ -270,7 +306,10 @@ def train(cfg: TrainConfig) -> dict:
             window_loss = []
             for key, value in [("step", step), ("train_loss", train_loss), ("val_loss", val_loss)]:
                 history[key].append(value)
-            run.log(step=step, train_loss=train_loss, val_loss=val_loss, grad_norm=grad_norm)
+            run.log(
+                step=step, train_loss=train_loss, val_loss=val_loss, grad_norm=grad_norm,
+                lr=optimizer.lr,
+            )  # fmt: skip
             bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
         out_of_time = cfg.time_budget > 0 and time.time() - start > cfg.time_budget
         if step % cfg.checkpoint_interval == 0 or out_of_time:

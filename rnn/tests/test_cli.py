@@ -7,6 +7,7 @@ import numpy as np
 from data import TextBatches, Vocabulary, pad_names, unigram_bigram_losses
 from model import Adam, CharRNN, ModelConfig, clip_grad_norm
 
+from shared.state import read_state
 from shared.testing import run_script
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,31 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert "trained with --hidden 8, not 9" in other.stderr
 
 
+def test_a_killed_run_with_dropout_and_cosine_decay_resumes_exactly(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(["anna", "bob", "kate", "kim", "karl", "liz"] * 20))
+    flags = ["--names-file", names, "--hidden", "8", "--n-embd", "4", "--batch-size", "4"]
+    flags += ["--dropout", "0.3", "--lr-decay", "cosine", "--max-steps", "8"]
+    flags += ["--eval-interval", "1", "--checkpoint-interval", "4", "--sample-length", "5"]
+    run_script(PROJECT, "train.py", *flags, "--out", tmp_path / "straight")
+    killed = tmp_path / "killed"  # SIGKILL right after logging step 6, between two checkpoints
+    run_script(
+        PROJECT, "train.py", *flags, "--out", killed, expect_code=-9, env={"DLFS_KILL_AT": "6"}
+    )
+    resumed = run_script(PROJECT, "train.py", *flags, "--out", killed, "--resume")
+    assert "resuming from step 4" in resumed.stdout
+
+    def logged(run):  # every number but the clock
+        records = [json.loads(line) for line in (run / "log.jsonl").open()]
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in records]
+
+    assert logged(killed)[-4:] == logged(tmp_path / "straight")[-4:]  # steps 5-8, lr included
+    straight_model = read_state(tmp_path / "straight" / "model.npz")["model"]
+    resumed_model = read_state(killed / "model.npz")["model"]
+    for name, array in straight_model.items():  # same masks, same names, same learning rates
+        np.testing.assert_array_equal(resumed_model[name], array, err_msg=name)
+
+
 def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     missing = run_script(
         PROJECT, "inference.py", "--checkpoint", tmp_path / "no.npz", expect_code=2
@@ -99,6 +125,8 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     assert "--hidden" in flags.stderr
     both = run_script(PROJECT, "train.py", "--text-file", "a", "--names-file", "b", expect_code=2)
     assert "not both" in both.stderr
+    dropout = run_script(PROJECT, "train.py", "--dropout", "1", expect_code=2)
+    assert dropout.stderr.startswith("error: --dropout must be below 1")
 
 
 def test_text_batches_continue_each_stream_from_one_window_to_the_next():

@@ -8,8 +8,10 @@ from model import (
     CELL_TYPES,
     Adam,
     CharRNN,
+    Dropout,
     ModelConfig,
     clip_grad_norm,
+    cosine_lr,
     cross_entropy,
 )
 
@@ -142,13 +144,20 @@ def test_stacked_model_matches_torch_embedding_rnn_linear_cross_entropy(kind):
             np.testing.assert_allclose(getattr(layer.cell, ours), expected, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_every_gradient_matches_finite_differences(kind):
+def test_every_gradient_matches_finite_differences(kind, dropout):
     rng = np.random.default_rng(4)
-    model = CharRNN(ModelConfig(V, kind, 3, 4, 2, "float64"), rng)
+    model = CharRNN(ModelConfig(V, kind, 3, 4, 2, "float64", dropout), rng)
     idx, targets = rng.integers(0, V, (2, 5)), rng.integers(0, V, (2, 5))
-    model.forward(idx, targets)
+
+    def loss():  # a generator seeded alike every time: the same dropout masks in every pass
+        return model.forward(idx, targets, dropout_rng=np.random.default_rng(40))[1]
+
+    loss()
     model.backward()
+    if dropout:
+        assert all((drop.mask == 0).any() for drop in model.drops)  # the masks did drop
     grads = {k: g.copy() for k, g in model.named_grads().items()}
     eps = 1e-6
     for name, param in model.named_params().items():
@@ -156,12 +165,88 @@ def test_every_gradient_matches_finite_differences(kind):
             i = np.unravel_index(flat, param.shape)
             saved = param[i]
             param[i] = saved + eps
-            plus = model.forward(idx, targets)[1]
+            plus = loss()
             param[i] = saved - eps
-            minus = model.forward(idx, targets)[1]
+            minus = loss()
             param[i] = saved
             numeric = (plus - minus) / (2 * eps)  # central difference, error O(eps^2)
             assert abs(numeric - grads[name][i]) < 1e-7 * max(1.0, abs(numeric)), name
+
+
+def single_layer_torch_copy(cell):
+    """A one-layer torch.nn.RNN/LSTM/GRU holding a copy of our cell's weights."""
+    kind = {cls: name for name, cls in CELL_TYPES.items()}[type(cell)]
+    reference = TORCH_LAYERS[kind](cell.W_ih.shape[1], cell.n_hidden, batch_first=True).double()
+    with torch.no_grad():
+        for ours, theirs in [("W_ih", "weight_ih"), ("W_hh", "weight_hh")]:
+            getattr(reference, f"{theirs}_l0").copy_(tensor(getattr(cell, ours)))
+        for ours, theirs in [("b_ih", "bias_ih"), ("b_hh", "bias_hh")]:
+            getattr(reference, f"{theirs}_l0").copy_(tensor(getattr(cell, ours)))
+    return reference
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_dropout_model_matches_torch_with_the_same_masks(kind):
+    p = 0.4
+    rng = np.random.default_rng(14)
+    model = CharRNN(ModelConfig(V, kind, D, H, 2, "float64", dropout=p), rng)
+    idx, targets = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    targets[1, -3:] = -1
+
+    logits, loss, _ = model.forward(idx, targets, dropout_rng=np.random.default_rng(15))
+    model.backward()
+
+    masks = [drop.mask for drop in model.drops]  # before layer 0, layer 1 and the head
+    assert [m.shape for m in masks] == [(B, T, D), (B, T, H), (B, T, H)]
+    for mask in masks:  # inverted dropout: each entry dropped (0) or kept and scaled by 1/(1-p)
+        assert set(np.unique(mask)) == {0.0, 1.0 / (1.0 - p)}
+    emb = tensor(model.embedding.W, True)
+    head_W, head_b = tensor(model.head.W, True), tensor(model.head.b, True)
+    references = [single_layer_torch_copy(layer.cell) for layer in model.layers]
+    x = emb[torch.tensor(idx)]
+    for reference, mask in zip(references, masks):
+        x, _ = reference(x * tensor(mask))
+    t_logits = (x * tensor(masks[-1])) @ head_W.T + head_b
+    t_loss = F.cross_entropy(
+        t_logits.reshape(-1, V), torch.tensor(targets).reshape(-1), ignore_index=-1
+    )
+    t_loss.backward()
+
+    np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=1e-12)
+    assert abs(loss - t_loss.item()) < 1e-12
+    np.testing.assert_allclose(model.embedding.dW, emb.grad.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model.head.dW, head_W.grad.numpy(), rtol=0, atol=1e-12)
+    for layer, reference in zip(model.layers, references):
+        for ours, theirs in [("dW_ih", "weight_ih"), ("dW_hh", "weight_hh"), ("db_ih", "bias_ih")]:
+            expected = getattr(reference, f"{theirs}_l0").grad.numpy()
+            np.testing.assert_allclose(getattr(layer.cell, ours), expected, rtol=0, atol=1e-12)
+
+    # without a generator (evaluation, sampling) dropout is off: the model without dropout
+    plain = CharRNN(ModelConfig(V, kind, D, H, 2, "float64"), np.random.default_rng(14))
+    np.testing.assert_array_equal(model.forward(idx)[0], plain.forward(idx)[0])
+
+
+def test_dropout_drops_a_fraction_p_and_keeps_the_mean():
+    x = np.ones((400, 500))
+    y = Dropout(0.3).forward(x, np.random.default_rng(16))
+    assert abs((y == 0).mean() - 0.3) < 0.005  # 200,000 draws: the standard error is 0.001
+    assert abs(y.mean() - 1.0) < 0.01  # E[y] = x, which lets evaluation skip the layer
+    assert Dropout(0.3).forward(x, None) is x and Dropout(0.0).forward(x, np.random) is x
+
+
+def test_cosine_schedule_matches_torch_cosine_annealing():
+    lr, min_ratio, steps = 3e-3, 0.1, 11
+    t_p = torch.nn.Parameter(torch.zeros(1))
+    t_opt = torch.optim.SGD([t_p], lr=lr)
+    t_sched = torch.optim.lr_scheduler.CosineAnnealingLR(t_opt, steps - 1, eta_min=lr * min_ratio)
+    for step in range(1, steps + 1):  # torch's epoch k is our step k + 1
+        assert abs(cosine_lr(step, steps, lr, lr * min_ratio) - t_opt.param_groups[0]["lr"]) < 1e-15
+        t_opt.step()
+        t_sched.step()
+    assert (
+        cosine_lr(1, steps, lr, 1e-4) == lr
+        and abs(cosine_lr(steps, steps, lr, 1e-4) - 1e-4) < 1e-18
+    )
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
