@@ -113,6 +113,22 @@ def test_one_cell_step_matches_torch_cell(kind):
     np.testing.assert_allclose(d_hw.T @ state[0], reference.weight_hh.grad.numpy(), atol=1e-12)
 
 
+def assert_output_and_outer_gradients_match(
+    model, logits, loss, t_logits, targets, emb, head_W, head_b
+):
+    """Our logits and loss equal torch's cross-entropy on its logits, and the embedding's and the
+    head's gradients equal torch's (the caller checks the recurrent layers)."""
+    t_loss = F.cross_entropy(
+        t_logits.reshape(-1, V), torch.tensor(targets).reshape(-1), ignore_index=-1
+    )
+    t_loss.backward()
+    np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=1e-12)
+    assert abs(loss - t_loss.item()) < 1e-12
+    np.testing.assert_allclose(model.embedding.dW, emb.grad.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model.head.dW, head_W.grad.numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model.head.db, head_b.grad.numpy(), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_stacked_model_matches_torch_embedding_rnn_linear_cross_entropy(kind):
     rng = np.random.default_rng(3)
@@ -128,16 +144,9 @@ def test_stacked_model_matches_torch_embedding_rnn_linear_cross_entropy(kind):
     head_W, head_b = tensor(model.head.W, True), tensor(model.head.b, True)
     t_hs, _ = reference(emb[torch.tensor(idx)])
     t_logits = t_hs @ head_W.T + head_b
-    t_loss = F.cross_entropy(
-        t_logits.reshape(-1, V), torch.tensor(targets).reshape(-1), ignore_index=-1
+    assert_output_and_outer_gradients_match(
+        model, logits, loss, t_logits, targets, emb, head_W, head_b
     )
-    t_loss.backward()
-
-    np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=1e-12)
-    assert abs(loss - t_loss.item()) < 1e-12
-    np.testing.assert_allclose(model.embedding.dW, emb.grad.numpy(), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(model.head.dW, head_W.grad.numpy(), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(model.head.db, head_b.grad.numpy(), rtol=0, atol=1e-12)
     for i, layer in enumerate(model.layers):
         for ours, theirs in [("dW_ih", "weight_ih"), ("dW_hh", "weight_hh"), ("db_hh", "bias_hh")]:
             expected = getattr(reference, f"{theirs}_l{i}").grad.numpy()
@@ -207,15 +216,9 @@ def test_dropout_model_matches_torch_with_the_same_masks(kind):
     for reference, mask in zip(references, masks):
         x, _ = reference(x * tensor(mask))
     t_logits = (x * tensor(masks[-1])) @ head_W.T + head_b
-    t_loss = F.cross_entropy(
-        t_logits.reshape(-1, V), torch.tensor(targets).reshape(-1), ignore_index=-1
+    assert_output_and_outer_gradients_match(
+        model, logits, loss, t_logits, targets, emb, head_W, head_b
     )
-    t_loss.backward()
-
-    np.testing.assert_allclose(logits, t_logits.detach().numpy(), rtol=0, atol=1e-12)
-    assert abs(loss - t_loss.item()) < 1e-12
-    np.testing.assert_allclose(model.embedding.dW, emb.grad.numpy(), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(model.head.dW, head_W.grad.numpy(), rtol=0, atol=1e-12)
     for layer, reference in zip(model.layers, references):
         for ours, theirs in [("dW_ih", "weight_ih"), ("dW_hh", "weight_hh"), ("db_ih", "bias_ih")]:
             expected = getattr(reference, f"{theirs}_l0").grad.numpy()
