@@ -107,8 +107,24 @@ def load_for_resume(
     path = checkpoint_for(cfg, project_dir, filename)
     ckpt = read_state(path, required=("step", "train_config", *required))
     check_must_match(ckpt["train_config"], cfg, must_match, path)
+    # torchrun's WORLD_SIZE is known before the process group starts: refuse now, not after
+    # start_run has rewritten config.json.
+    _check_process_count(ckpt, int(os.environ.get("WORLD_SIZE", "1")), path)
     ckpt["path"] = str(path)
     return ckpt
+
+
+def _check_process_count(ckpt: dict, world_size: int, source: Path) -> None:
+    """Each process restores its own generators, so a resume needs the saving run's count."""
+    ranks = ckpt.get("rng_ranks")
+    saved_by = 1 if ranks is None else len(ranks)
+    if saved_by != world_size:
+        raise CheckpointError(
+            f"checkpoint {source} was written by {saved_by} processes, not {world_size}: "
+            f"resume it with torchrun --nproc_per_node {saved_by}"
+            if saved_by > 1
+            else f"checkpoint {source} was written by one process: resume it without torchrun"
+        )
 
 
 # ----------------------------------------------------------------------------- generators
@@ -381,15 +397,7 @@ class TrainingState:
 
     def _own_rng(self, ckpt: dict, source: Path) -> dict:
         ranks = ckpt.get("rng_ranks")
-        world_size = 1 if self.dist is None else self.dist.world_size
-        saved_by = 1 if ranks is None else len(ranks)
-        if saved_by != world_size:
-            raise CheckpointError(
-                f"checkpoint {source} was written by {saved_by} processes, not {world_size}: "
-                f"resume it with torchrun --nproc_per_node {saved_by}"
-                if saved_by > 1
-                else f"checkpoint {source} was written by one process: resume it without torchrun"
-            )
+        _check_process_count(ckpt, 1 if self.dist is None else self.dist.world_size, source)
         return ckpt["rng"] if ranks is None else ranks[self.dist.rank]
 
     def restore(self, ckpt: dict | None) -> int:

@@ -1,13 +1,14 @@
 """Sharding, global batch norm, per-rank generators and mixed precision for torchrun runs."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from shared.errors import CheckpointError, UserError
 from shared.runtime import Distributed, mixed_precision
-from shared.state import TrainingState, read_state
+from shared.state import TrainingState, load_for_resume, read_state, write_state
 from shared.testing import assert_tensors_close, run_torchrun
 
 HERE = Path(__file__).parent
@@ -56,6 +57,23 @@ def test_each_rank_gets_its_own_generators_back_and_a_one_process_resume_is_refu
     state = TrainingState(tmp_path / "again.pt", {"seed": 0}, model=torch.nn.Linear(2, 2))
     with pytest.raises(CheckpointError, match="resume it with torchrun --nproc_per_node 2"):
         state.restore(ckpt)
+
+
+def test_a_resume_with_another_process_count_is_refused_before_the_run_starts(
+    tmp_path, monkeypatch
+):
+    # load_for_resume runs before start_run rewrites config.json, so it must refuse already.
+    cfg = SimpleNamespace(resume=True, out=str(tmp_path), seed=0)
+    saved = {"step": 3, "train_config": {"seed": 0}, "rng": {}, "rng_ranks": [{}, {}]}
+    write_state(tmp_path / "model.pt", saved)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(CheckpointError, match="resume it with torchrun --nproc_per_node 2"):
+        load_for_resume(cfg, tmp_path, "model.pt", must_match=("seed",))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert load_for_resume(cfg, tmp_path, "model.pt", must_match=("seed",))["step"] == 3
+    write_state(tmp_path / "model.pt", {"step": 3, "train_config": {"seed": 0}, "rng": {}})
+    with pytest.raises(CheckpointError, match="written by one process: resume it without"):
+        load_for_resume(cfg, tmp_path, "model.pt", must_match=("seed",))
 
 
 def test_precision_auto_is_fp32_on_the_cpu_and_bf16_autocasts_there():
