@@ -3,8 +3,8 @@
 A step is embedding -> LSTM -> linear -> cross-entropy, the backward pass through all of it,
 global-norm clipping and Adam: hidden 256, 64 time steps, batch 32, vocabulary 65, float32.
 Both sides get the same number of threads. The two are timed in alternation and the median of
-each is kept, so a burst of load on a shared machine hits both alike. The last line printed is
-a JSON object with the ratio our time / torch's time (below 1: ours is faster).
+each is kept, so anything that slows the CPU for a while slows both alike. The last line printed
+is a JSON object with the ratio our time / torch's time (below 1: ours is faster).
 """
 
 from __future__ import annotations
