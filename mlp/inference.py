@@ -28,6 +28,8 @@ class InferenceConfig:
     csv: str = arg("", "CSV file of points, one per line, comma-separated features")
     boundary: str = arg("", "write the decision boundary over the training data to this PNG")
     show: int = arg(5, "test points shown when no points are given", min=1)
+    threads: int = arg(1, "BLAS threads, as in train.py (1 is fastest for these small networks)",
+                       min=1)  # fmt: skip
 
 
 def read_csv(path: str, n_features: int) -> np.ndarray:
@@ -48,6 +50,13 @@ def read_csv(path: str, n_features: int) -> np.ndarray:
 
 
 def main(cfg: InferenceConfig) -> None:
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+    with threadpool_limits(cfg.threads):  # NumPy's BLAS
+        predict_and_show(cfg)
+
+
+def predict_and_show(cfg: InferenceConfig) -> None:
     from model import predict
     from train import CHECKPOINT, load_dataset, load_model, saved_config
 

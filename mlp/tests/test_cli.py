@@ -17,6 +17,10 @@ def test_dry_run_writes_every_output_and_inference_reads_it(tmp_path):
         assert (tmp_path / name).is_file(), name
     result = run_script(PROJECT, "inference.py", "--checkpoint", tmp_path / "model.npz")
     assert "class" in result.stdout and "[true:" in result.stdout
+    threaded = run_script(
+        PROJECT, "inference.py", "--checkpoint", tmp_path / "model.npz", "--threads", "2"
+    )
+    assert threaded.stdout == result.stdout
     result = run_script(
         PROJECT, "inference.py", "--checkpoint", tmp_path / "model.npz", "0.5", "-0.2"
     )
