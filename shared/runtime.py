@@ -197,20 +197,27 @@ class Distributed:
             torch_dist.destroy_process_group()
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started for this job (1 without torchrun), before joining it."""
+    if "RANK" not in os.environ:
+        return 1
+    return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+
+
 def init_distributed(device_name: str = "auto") -> Distributed:
     """Join the process group that `torchrun` describes in the environment, if any.
 
     torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; NCCL is used on GPUs and gloo on the CPU.
     Each GPU process takes the device of its local rank.
     """
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    world_size = launched_world_size()
+    if world_size == 1:
         return Distributed(False, 0, 0, 1, get_device(device_name))
     import torch
     import torch.distributed as torch_dist
 
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    world_size = int(os.environ["WORLD_SIZE"])
     device = get_device(device_name)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)

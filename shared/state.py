@@ -52,6 +52,7 @@ from shared.checkpoint import (
 )
 from shared.errors import CheckpointError
 from shared.logging import latest_run
+from shared.runtime import launched_world_size
 
 ARRAY = "__array__"  # a leaf of the .npz skeleton that names an array of the file
 TUPLE = "__tuple__"
@@ -107,9 +108,9 @@ def load_for_resume(
     path = checkpoint_for(cfg, project_dir, filename)
     ckpt = read_state(path, required=("step", "train_config", *required))
     check_must_match(ckpt["train_config"], cfg, must_match, path)
-    # torchrun's WORLD_SIZE is known before the process group starts: refuse now, not after
+    # torchrun's process count is known before the process group starts: refuse now, not after
     # start_run has rewritten config.json.
-    _check_process_count(ckpt, int(os.environ.get("WORLD_SIZE", "1")), path)
+    _check_process_count(ckpt, launched_world_size(), path)
     ckpt["path"] = str(path)
     return ckpt
 

@@ -66,9 +66,11 @@ def test_a_resume_with_another_process_count_is_refused_before_the_run_starts(
     cfg = SimpleNamespace(resume=True, out=str(tmp_path), seed=0)
     saved = {"step": 3, "train_config": {"seed": 0}, "rng": {}, "rng_ranks": [{}, {}]}
     write_state(tmp_path / "model.pt", saved)
+    monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(CheckpointError, match="resume it with torchrun --nproc_per_node 2"):
         load_for_resume(cfg, tmp_path, "model.pt", must_match=("seed",))
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert load_for_resume(cfg, tmp_path, "model.pt", must_match=("seed",))["step"] == 3
     write_state(tmp_path / "model.pt", {"step": 3, "train_config": {"seed": 0}, "rng": {}})
