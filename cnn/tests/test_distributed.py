@@ -78,7 +78,10 @@ def test_a_two_process_checkpoint_does_not_resume_in_one_process(runs):
 def test_the_numpy_cnn_refuses_several_processes_in_one_line(tmp_path):
     result = run_torchrun(PROJECT, "train.py", "--dry-run", "--out", tmp_path, expect_code=1)
     message = "error: the NumPy CNN trains in one process, not 2: run it with python train.py"
-    assert result.stderr.splitlines()[:2] == [message, message]  # one line from each process
+    # The first process to refuse prints the line and exits; torchrun then stops the other, which
+    # may or may not have printed it too, and reports the failure in its own log lines.
+    ours = result.stderr.split("torch/distributed/elastic")[0].splitlines()[:-1]
+    assert 1 <= len(ours) <= 2 and set(ours) == {message}
     assert not tmp_path.joinpath("log.jsonl").exists()
 
 
