@@ -42,7 +42,9 @@ nox.options.error_on_missing_interpreters = False
 def _pytest(session: nox.Session, where: Path, tests: str) -> None:
     session.chdir(where)
     # Each project has its own model.py: a fresh interpreter per project keeps them apart.
-    session.run(sys.executable, "-m", "pytest", "-q", tests, *session.posargs, external=True)
+    # --durations: the five slowest tests are named, so a test that grows slow is seen.
+    pytest = (sys.executable, "-m", "pytest", "-q", "--durations=5", tests)
+    session.run(*pytest, *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none")
