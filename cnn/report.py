@@ -116,8 +116,8 @@ def plot_confusion_matrix(path, y_true, y_pred, classes) -> None:
     ax.imshow(counts, cmap="Blues")
     if len(classes) <= 20:
         ticks = np.arange(len(classes))
-        ax.set_xticks(ticks, [c[:10] for c in classes], rotation=90)
-        ax.set_yticks(ticks, [c[:10] for c in classes])
+        ax.set_xticks(ticks, [c[:12] for c in classes], rotation=90)
+        ax.set_yticks(ticks, [c[:12] for c in classes])
         for i, j in zip(*np.nonzero(counts)):
             color = "white" if counts[i, j] > counts.max() / 2 else "black"
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=color)
@@ -143,12 +143,12 @@ def plot_misclassified(path, images, y_true, y_pred, classes) -> None:
         return
     ncol = min(len(wrong), 8)
     nrow = -(-len(wrong) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.5 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.3 * ncol, 1.7 * nrow), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):
         show_image(ax, images[i])
-        ax.set_title(f"{classes[y_true[i]][:6]}->{classes[y_pred[i]][:6]}", fontsize=8)
+        ax.set_title(f"{classes[y_true[i]]}\n-> {classes[y_pred[i]]}", fontsize=7)
     save_figure(fig, path)
 
 
