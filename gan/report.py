@@ -1,5 +1,5 @@
 """The figures of both GANs: the 2-D GAN's decision surface and training GIF, the image GANs'
-sample grids, training GIF and loss curves.
+sample grids (also one row per class), training GIF and loss curves.
 
 Inputs are NumPy arrays; the loss curves come from the run's log.jsonl, so neither training
 script keeps a history of its own.
@@ -13,7 +13,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from shared.logging import read_log
-from shared.plots import figure_to_array, plot_curves, save_figure, save_gif, save_image_grid
+from shared.plots import (
+    figure_to_array,
+    images_to_grid,
+    plot_curves,
+    save_figure,
+    save_gif,
+    save_image_grid,
+)
 
 MAX_GIF_FRAMES = 25  # evenly spaced, ending on the last epoch, so the GIF stays small
 
@@ -84,3 +91,52 @@ def write_image_figures(run_path, frames, samples, title: str) -> None:
     )
     save_image_grid(run_path / "samples.png", samples[:64], nrow=8)
     plot_losses(run_path, title)
+
+
+def class_cells(classes, n_classes: int, per_class: int) -> np.ndarray:
+    """(n_classes, per_class) sample indices: row k holds the first `per_class` samples of class
+    k, in sample order; -1 marks a blank cell (a class with fewer samples)."""
+    classes = np.asarray(classes)
+    cells = np.full((n_classes, per_class), -1, dtype=int)
+    for k in range(n_classes):
+        found = np.flatnonzero(classes == k)[:per_class]
+        cells[k, : len(found)] = found
+    return cells
+
+
+def class_grid(samples, cells: np.ndarray) -> np.ndarray:
+    """The cells' samples tiled as images_to_grid does, a row of cells a row of tiles; a blank
+    cell (-1) is white, as the padding between tiles."""
+    samples = np.asarray(samples, dtype=np.float32)
+    blank = np.ones_like(samples[:1])
+    tiles = np.concatenate([samples, blank])[cells.ravel()]  # index -1 picks the blank
+    return images_to_grid(tiles, nrow=cells.shape[1])
+
+
+def plot_by_class(path, samples, classes, names, per_class: int = 10, title: str = ""):
+    """samples_by_class.png: one row per class 0..K-1, each with the first `per_class` samples
+    of that class and labelled at the left with the class and how many of all the samples fell
+    in it, so class balance and quality per class show at a glance.
+
+    samples: (N, C, S, S) in [0, 1]; classes: (N,) the class of each sample (for an
+    unconditional model the judge's reading, for a conditional one the class asked for);
+    names: the K class names. Returns the cells (see class_cells).
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    n_classes = len(names)
+    cells = class_cells(classes, n_classes, per_class)
+    counts = np.bincount(np.asarray(classes), minlength=n_classes)
+    grid = class_grid(samples, cells)
+    side = samples.shape[-1] + 1  # a tile and its 1-pixel padding
+    fig, ax = plt.subplots(figsize=(0.45 * per_class + 1.2, 0.45 * n_classes + 0.5))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(1 + side * np.arange(n_classes) + side / 2 - 1)
+    ax.set_yticklabels([f"{names[k]}  ({counts[k]})" for k in range(n_classes)], fontsize=8)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+    return cells

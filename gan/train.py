@@ -179,9 +179,13 @@ def snapshot(gan: ImageGAN, z, labels, run_path: Path, epoch: int) -> np.ndarray
     return (grid * 255).round().astype(np.uint8)
 
 
-def evaluate(gan: ImageGAN, cfg: TrainConfig, x_train, device) -> tuple[dict, np.ndarray]:
+def evaluate(gan: ImageGAN, cfg: TrainConfig, x_train, device) -> tuple[dict, torch.Tensor, object]:
     """The judge's Frechet distance (vs the test set), its floor and class coverage; a folder,
-    which has no judge: the Frechet distance between 8x8 thumbnails of samples and images."""
+    which has no judge: the Frechet distance between 8x8 thumbnails of samples and images.
+
+    Also returns each sample's class for samples_by_class.png (None for a folder): for a
+    conditional model the class asked for, which the judge nearly always reads back; else the
+    class the judge reads."""
     if cfg.dataset == "folder":
         num_eval = cfg.num_eval or len(x_train)
     else:
@@ -192,11 +196,14 @@ def evaluate(gan: ImageGAN, cfg: TrainConfig, x_train, device) -> tuple[dict, np
     samples = gan.eval().sample(z.to(device), None if labels is None else labels.to(device)).cpu()
     if cfg.dataset == "folder":
         thumbs = lambda x: resize_images(np.asarray(x, dtype=np.float64), 8).reshape(len(x), -1)  # noqa: E731
-        return {"frechet_thumbnails": frechet_distance(thumbs(samples), thumbs(x_train))}, samples
+        scores = {"frechet_thumbnails": frechet_distance(thumbs(samples), thumbs(x_train))}
+        return scores, samples, None
     judge = get_judge(cfg.dataset, data_dir=cfg.data_dir, device=device)
     scores = judge.evaluate(samples, None if labels is None else labels.numpy())
     scores.update(num_eval=num_eval, judge_test_accuracy=judge.test_accuracy)
-    return scores, samples
+    # evaluate() keeps its readings to itself: reading again costs one more pass of the judge
+    classes = labels.numpy() if K else judge.probs(samples).argmax(axis=1)
+    return scores, samples, classes
 
 
 def gan_config(cfg: TrainConfig) -> GANConfig:
@@ -378,8 +385,15 @@ def main(cfg: TrainConfig) -> dict:
 
 def finish(gan: ImageGAN, cfg: TrainConfig, run, frames, x_train, name: str, dist) -> dict:
     """Rank 0 alone judges the samples, draws the figures and writes metrics.json."""
-    scores, samples = evaluate(gan, cfg, x_train, dist.device)
+    scores, samples, classes = evaluate(gan, cfg, x_train, dist.device)
     report.write_image_figures(run.path, frames, samples.numpy(), name)
+    if classes is not None:  # a judged dataset: one row per class
+        how = "asked for" if gan.config.n_classes else "read by the judge"
+        names = IMAGE_DATASETS[cfg.dataset].classes
+        title = f"{name} on {cfg.dataset}: samples by the class {how}"
+        report.plot_by_class(
+            run.path / "samples_by_class.png", samples.numpy(), classes, names, title=title
+        )
     metric = "frechet_thumbnails" if cfg.dataset == "folder" else "frechet"
     return run.finish(
         metric=metric,

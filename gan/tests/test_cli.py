@@ -36,6 +36,7 @@ def test_image_dry_run_then_class_samples_and_latent_walks(tmp_path):
     )  # fmt: skip
     for name in ("model.pt", "metrics.json", "samples.png", "training.gif", "losses.png"):
         assert (tmp_path / name).exists(), name
+    assert (tmp_path / "samples_by_class.png").exists()
     assert (tmp_path / "samples" / "epoch_004.png").exists()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["metric"] == "frechet" and "frechet_floor" in metrics and "accuracy" in metrics
@@ -49,6 +50,23 @@ def test_image_dry_run_then_class_samples_and_latent_walks(tmp_path):
     grid = tmp_path / "walk.png"
     run_script(PROJECT, "inference.py", "--checkpoint", checkpoint, "--interpolate", "--out", grid)
     assert grid.exists()
+
+
+def test_samples_by_class_puts_each_sample_in_the_row_of_its_class(tmp_path):
+    import report
+
+    classes = [2, 0, 2, 1, 2, 0, 2]  # class 2 has one sample too many, class 3 none
+    samples = np.arange(7, dtype=np.float32)[:, None, None, None] / 10 * np.ones((1, 1, 4, 4))
+    cells = report.plot_by_class(tmp_path / "by_class.png", samples, classes, "0123", 3)
+    assert (tmp_path / "by_class.png").exists()
+    expected = [[1, 5, -1], [3, -1, -1], [0, 2, 4], [-1, -1, -1]]  # first ones, in order
+    assert cells.tolist() == expected
+    grid = report.class_grid(samples, cells)
+    assert grid.shape == (1 + 4 * 5, 1 + 3 * 5)  # 4x4 tiles, 1 pixel apart
+    for row, indices in enumerate(expected):
+        for col, i in enumerate(indices):
+            tile = grid[1 + 5 * row : 5 + 5 * row, 1 + 5 * col : 5 + 5 * col]
+            assert np.allclose(tile, 1.0 if i < 0 else i / 10), (row, col)  # blank: white
 
 
 def write_pictures(folder: Path) -> None:
