@@ -199,11 +199,11 @@ def evaluate(gan: ImageGAN, cfg: TrainConfig, x_train, device) -> tuple[dict, to
         scores = {"frechet_thumbnails": frechet_distance(thumbs(samples), thumbs(x_train))}
         return scores, samples, None
     judge = get_judge(cfg.dataset, data_dir=cfg.data_dir, device=device)
-    scores = judge.evaluate(samples, None if labels is None else labels.numpy())
+    asked = None if labels is None else labels.numpy()
+    scores, seen = judge.evaluate(samples, asked, return_predicted=True)
     scores.update(num_eval=num_eval, judge_test_accuracy=judge.test_accuracy)
-    # evaluate() keeps its readings to itself: reading again costs one more pass of the judge
-    classes = labels.numpy() if K else judge.probs(samples).argmax(axis=1)
-    return scores, samples, classes
+    # The class grid: rows by the asked-for class, or by the judge's reading when none was asked.
+    return scores, samples, asked if K else seen
 
 
 def gan_config(cfg: TrainConfig) -> GANConfig:

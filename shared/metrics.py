@@ -99,32 +99,36 @@ class Judge:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True)
         return x.clamp(0, 1)
 
-    def _run(self, images, upto: int | None, batch: int = 512) -> np.ndarray:
+    def _readings(self, images, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 64) penultimate-layer features and (N, n_classes) logits, in one pass."""
         import torch
 
         x = self._prepare(images)
-        layers = self.network if upto is None else self.network[:upto]
-        out = []
+        body, head = self.network[:-1], self.network[-1]
+        features, logits = [], []
         with torch.no_grad():
             for start in range(0, len(x), batch):
-                out.append(layers(x[start : start + batch].to(self.device)).cpu())
-        return torch.cat(out).double().numpy()
+                f = body(x[start : start + batch].to(self.device))
+                features.append(f.cpu())
+                logits.append(head(f).cpu())
+        return torch.cat(features).double().numpy(), torch.cat(logits).double().numpy()
 
     def features(self, images) -> np.ndarray:
         """(N, 64) penultimate-layer features."""
-        return self._run(images, upto=-1)
+        return self._readings(images)[0]
 
     def probs(self, images) -> np.ndarray:
         """(N, n_classes) class probabilities."""
-        logits = self._run(images, upto=None)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return _softmax(self._readings(images)[1])
 
-    def evaluate(self, samples, labels=None) -> dict:
-        """Frechet distance to the real test images (and its floor), confidence, coverage."""
-        features = self.features(samples)
-        probs = self.probs(samples)
+    def evaluate(self, samples, labels=None, return_predicted: bool = False):
+        """Frechet distance to the real test images (and its floor), confidence, coverage.
+
+        With return_predicted, also the judge's class for every sample: (report, (N,) ints),
+        for figures that sort the samples by what the judge sees, without a second pass.
+        """
+        features, logits = self._readings(samples)
+        probs = _softmax(logits)
         predicted = probs.argmax(axis=1)
         histogram = np.bincount(predicted, minlength=probs.shape[1])
         report = {
@@ -137,7 +141,12 @@ class Judge:
         if labels is not None:
             labels = np.asarray(labels)
             report["accuracy"] = float((predicted == labels).mean())
-        return report
+        return (report, predicted) if return_predicted else report
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 # The recipe: 4 epochs of Adam with a one-cycle learning rate, batches of 128, random shifts of

@@ -70,3 +70,17 @@ def test_judge_is_cached_and_reloaded_with_the_same_answers(judge):
     reloaded = get_judge("digits")
     x, _ = load_images("digits", "test", size=16)
     np.testing.assert_allclose(reloaded.probs(x[:20]), judge.probs(x[:20]), atol=1e-6)
+
+
+def test_one_pass_readings_match_the_whole_network(judge):
+    import torch
+
+    x, y = load_images("digits", "test", size=16)
+    report, predicted = judge.evaluate(x[:50], y[:50], return_predicted=True)
+    with torch.no_grad():
+        logits = judge.network(judge._prepare(x[:50])).double().numpy()
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(judge.probs(x[:50]), expected, atol=1e-9)
+    np.testing.assert_array_equal(predicted, logits.argmax(axis=1))
+    assert report["accuracy"] == pytest.approx((predicted == y[:50]).mean())
+    assert report == judge.evaluate(x[:50], y[:50])
