@@ -295,21 +295,30 @@ def training_bytes(config: UNetConfig, batch_size: int) -> int:
 
 
 class EMA:
-    """An exponential moving average of a model's weights: theta_ema <- d theta_ema + (1-d) theta.
+    """A moving average of a model's weights: theta_ema <- d_n theta_ema + (1 - d_n) theta.
 
     Samples from the averaged weights are smoother and better than from the last step's weights
-    (DDPM uses d = 0.9999 over 800k steps; short runs need a smaller d).
+    (DDPM uses d = 0.9999 over 800k steps; short runs need a smaller d). The decay warms up,
+    d_n = min(d, (1 + n) / (10 + n)) after n earlier updates (0 at the first: a copy), as
+    TensorFlow's ExponentialMovingAverage and diffusers' EMAModel do: with a fixed d = 0.999,
+    after 1,200 steps 0.999^1200 = 30% of the average would still be the random initial weights.
     """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+    def decay_at(self, n: int) -> float:
+        """d_n, the decay of the update that follows n earlier ones."""
+        return 0.0 if n == 0 else min(self.decay, (1 + n) / (10 + n))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, n: int) -> None:
+        """The (n+1)-th update: train.py passes the step, so a resumed run needs no counter."""
+        d = self.decay_at(n)
         for name, value in model.state_dict().items():
             if value.dtype.is_floating_point:
-                self.shadow[name].lerp_(value, 1 - self.decay)  # d * ema + (1 - d) * value
+                self.shadow[name].lerp_(value, 1 - d)  # d * ema + (1 - d) * value
             else:
                 self.shadow[name].copy_(value)
 

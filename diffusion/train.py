@@ -273,7 +273,7 @@ def main(cfg: TrainConfig) -> dict:
         optimizer.zero_grad(set_to_none=True)
         amp.backward(loss)  # DDP averages the gradients: those of the global batch's mean
         amp.step(optimizer)
-        ema.update(raw_model)
+        ema.update(raw_model, step)  # d warms up over the first steps
         running.append(dist.all_reduce_mean(loss.item()))  # the global batch's loss
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             run.log(step=step + 1, loss=float(np.mean(running)), lr=learning_rate(step, cfg))

@@ -83,10 +83,11 @@ def test_two_processes_with_the_global_batch_train_the_weights_of_one_process(dr
     # Same batches, dropped labels, t and noise, split in two; DDP averages the two halves'
     # gradients, which is the gradient of the whole batch's mean. Adam divides by sqrt(v), so
     # where a gradient is nearly zero its rounding moves the update by a visible fraction of
-    # the learning rate: measured, the weights differ by at most 3.5e-5 (median 4e-8).
+    # the learning rate: measured, the weights differ by at most 3.5e-5 (median 4e-9), and so
+    # does their average, four steps into its warm-up.
     one, two = read_state(dry_run / "model.pt"), read_state(ddp_run / "model.pt")
     assert_tensors_close(two["model"], one["model"], atol=1e-4, rtol=1e-4)
-    assert_tensors_close(two["ema"], one["ema"], atol=1e-5, rtol=1e-4)
+    assert_tensors_close(two["ema"], one["ema"], atol=1e-4, rtol=1e-4)
     assert [s for s, _ in losses(ddp_run)] == [1, 2, 3, 4]
     assert [x for _, x in losses(ddp_run)] == pytest.approx(
         [x for _, x in losses(dry_run)], rel=1e-6

@@ -143,23 +143,23 @@ def test_a_training_step_on_a_fixed_batch_reduces_the_loss():
     assert loss_on_fixed_noise().item() < 0.9 * before.item()
 
 
-def test_ema_matches_torch_averaged_model():
+def test_ema_matches_diffusers_ema_model_with_its_warm_up():
+    EMAModel = pytest.importorskip("diffusers.training_utils").EMAModel
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
     ema = EMA(model, decay=0.9)
-    reference = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9)
-    )
-    reference.update_parameters(model)  # its first update copies: the average starts at theta_0
+    reference = EMAModel(model.parameters(), decay=0.9)  # d_n = min(0.9, (1 + n) / (10 + n))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(5):
+    for step in range(100):  # past n = 80, where (1 + n) / (10 + n) reaches the cap 0.9
         optimizer.zero_grad()
         model(torch.randn(8, 3)).pow(2).mean().backward()
         optimizer.step()
-        ema.update(model)
-        reference.update_parameters(model)
-    for name, value in reference.module.state_dict().items():
-        assert torch.allclose(ema.state_dict()[name].float(), value.float(), atol=1e-6), name
+        ema.update(model, step)
+        reference.step(model.parameters())
+    averaged = [ema.state_dict()[name] for name, _ in model.named_parameters()]
+    for mine, theirs in zip(averaged, reference.shadow_params, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+    assert ema.decay_at(0) == 0.0 and ema.decay_at(1) == 2 / 11 and ema.decay_at(10**6) == 0.9
 
 
 def bf16_autocast():
