@@ -188,15 +188,21 @@ class GaussianDiffusion:
         x_prev = sqrt(a_prev) x_0_hat + sqrt(1 - a_prev - sigma^2) eps_hat + sigma z,
         sigma = eta sqrt((1 - a_prev) / (1 - a_t)) sqrt(1 - a_t / a_prev).
         eta = 0 is a deterministic map (an ODE solver); eta = 1 with every step is DDPM.
+        With `clip`, eps_hat is re-derived from the clipped x_0_hat (as GLIDE does, diffusers'
+        use_clipped_model_output): the step then moves to a point that the pair (x_0_hat,
+        eps_hat) explains. Clipping x_0_hat alone, with the network's eps, breaks guided
+        sampling: on MNIST with w = 2 the judge's accuracy fell from 1.00 to 0.36.
         """
         if not 0 <= eta <= 1:  # beyond 1, sigma^2 > 1 - a_prev and the direction's root is NaN
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         tt = torch.full((xt.shape[0],), t, device=xt.device, dtype=torch.long)
         x0, eps = self.predict_x0_eps(model_output, xt, tt)
-        if clip:
-            x0 = x0.clamp(-1, 1)
         a_t = self.alpha_bar[t].item()  # Python floats: float64 arithmetic on any device
         a_prev = self.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            # x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps, solved for eps
+            eps = (xt - math.sqrt(a_t) * x0) / math.sqrt(1 - a_t)
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
         # 1 - a_prev - sigma^2 >= 0 for eta <= 1; max() only absorbs rounding at eta = 1.
         direction = math.sqrt(max(0.0, 1 - a_prev - sigma**2)) * eps  # "pointing to x_t"

@@ -77,9 +77,10 @@ def test_one_ddpm_step_matches_diffusers(prediction, variance):
 
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("eta", [0.0, 0.7])
-def test_one_ddim_step_matches_diffusers(prediction, eta):
+@pytest.mark.parametrize("clip", [False, True])
+def test_one_ddim_step_matches_diffusers(prediction, eta, clip):
     ours = GaussianDiffusion(T, "cosine", prediction)
-    theirs = reference("ddim", "cosine", prediction, clip_sample=False, set_alpha_to_one=True)
+    theirs = reference("ddim", "cosine", prediction, clip_sample=clip, set_alpha_to_one=True)
     theirs = with_our_float64_constants(theirs, ours)
     theirs.set_timesteps(10)
     timesteps = ours.ddim_timesteps(10)
@@ -87,8 +88,11 @@ def test_one_ddim_step_matches_diffusers(prediction, eta):
     model_output, xt, z = tensors(2)
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        expected = theirs.step(model_output, t, xt, eta=eta, variance_noise=z).prev_sample
-        got = ours.ddim_step(model_output, xt, t, t_prev, z, eta=eta)
+        # With clipping, diffusers re-derives eps from the clipped x_0 only when asked to.
+        expected = theirs.step(
+            model_output, t, xt, eta=eta, use_clipped_model_output=clip, variance_noise=z
+        ).prev_sample
+        got = ours.ddim_step(model_output, xt, t, t_prev, z, eta=eta, clip=clip)
         assert torch.allclose(got, expected, atol=1e-12), t
 
 
