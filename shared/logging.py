@@ -139,6 +139,11 @@ def start_run(task: str, cfg: Any, project_dir: str | os.PathLike, is_main: bool
     if resume and not path.is_dir():
         raise UserError(f"cannot resume: run folder {path} does not exist")
     run = Run(task, path.resolve(), is_main)
+    log = path / "log.jsonl"
+    if resume and log.is_file() and (records := read_log(log)):
+        # The clock goes on from the last line: time_s and wall_time_s count the whole run
+        # (all but the moments between that line and the stop), not only the resumed part.
+        run.start_time -= records[-1].get("time_s", 0.0)
     if is_main:
         path.mkdir(parents=True, exist_ok=True)
         config = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)

@@ -48,6 +48,18 @@ def test_resume_reopens_the_latest_run(tmp_path):
     assert resumed.path == first.path
 
 
+def test_a_resumed_run_counts_the_time_of_its_earlier_part(tmp_path):
+    first = start_run("t", Config(), tmp_path)
+    first.log(step=1, loss=1.0)
+    records = read_log(first.path)
+    records[-1]["time_s"] = 500.0  # as if the first part had run for 500 s before its stop
+    (first.path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    resumed = start_run("t", Config(resume=True), tmp_path)
+    resumed.log(step=2, loss=0.5)
+    assert 500.0 <= read_log(resumed.path)[-1]["time_s"] < 560.0
+    assert 500.0 <= resumed.finish("loss", 0.5, False)["wall_time_s"] < 560.0
+
+
 def test_resume_without_any_run_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="train first"):
         start_run("t", Config(resume=True), tmp_path)
