@@ -191,7 +191,7 @@ class GaussianDiffusion:
         With `clip`, eps_hat is re-derived from the clipped x_0_hat (as GLIDE does, diffusers'
         use_clipped_model_output): the step then moves to a point that the pair (x_0_hat,
         eps_hat) explains. Clipping x_0_hat alone, with the network's eps, breaks guided
-        sampling: on MNIST with w = 2 the judge's accuracy fell from 1.00 to 0.36.
+        sampling: on the MNIST recipe (w = 2) the judge's accuracy fell from 0.999 to 0.322.
         """
         if not 0 <= eta <= 1:  # beyond 1, sigma^2 > 1 - a_prev and the direction's root is NaN
             raise ValueError(f"eta must be in [0, 1], got {eta}")
